@@ -1,0 +1,3 @@
+"""covidct: differentially private chest-CT COVID-19 classification."""
+
+__version__ = "0.1.0"

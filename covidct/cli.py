@@ -1,0 +1,158 @@
+"""The ``covidct`` command: thin subcommands over the library.
+
+A covidct error prints one line and exits with code 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from covidct.config import Config, load_config
+from data_prep.errors import CovidCTError
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="YAML config file (see configs/default.yaml)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one setting, e.g. --set prepare.slices.image_size=128 (repeatable)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="covidct",
+        description="Differentially private chest-CT COVID-19 classification.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("synth", help="write the built-in synthetic chest-CT cohort (DICOM + NIfTI)")
+    s.add_argument("--out", type=Path, required=True, help="folder to write the cohort into")
+    s.add_argument("--patients", type=int, help="number of patients")
+    s.add_argument("--slices", type=int, help="slices per volume")
+    s.add_argument("--matrix", type=int, help="in-plane pixels (square)")
+    s.add_argument("--seed", type=int, help="random seed (the cohort is deterministic)")
+    s.add_argument("--formats", choices=["mixed", "dicom", "nifti"], help="file formats")
+    s.add_argument("--workers", type=int, help="processes (0 = all cores)")
+    _add_config_args(s)
+
+    p = sub.add_parser("prepare", help="DICOM / NIfTI / slice images -> de-identified slices")
+    p.add_argument("inputs", nargs="+", type=Path, help="DICOM trees, NIfTI files, image folders")
+    p.add_argument("--out", type=Path, required=True, help="the prepared-data folder (PREP)")
+    p.add_argument(
+        "--labels",
+        type=Path,
+        action="append",
+        default=[],
+        help="CSV with 'label' and one of patient_id / study_uid / path (repeatable)",
+    )
+    p.add_argument("--workers", type=int, help="processes (0 = all cores)")
+    p.add_argument("--image-size", type=int, help="output slice size in pixels")
+    p.add_argument("--image-patient-regex", help="regex: group 1 of an image file name = patient")
+    p.add_argument("--strict", action="store_true", help="exit non-zero if any input was skipped")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_config_args(p)
+    return parser
+
+
+def _cmd_synth(args: argparse.Namespace, cfg: Config) -> int:
+    from data_prep.synth import CohortFormat, write_cohort
+
+    c = cfg.synth
+    c = replace(
+        c,
+        n_patients=args.patients if args.patients is not None else c.n_patients,
+        n_slices=args.slices if args.slices is not None else c.n_slices,
+        matrix=args.matrix if args.matrix is not None else c.matrix,
+        seed=args.seed if args.seed is not None else c.seed,
+        formats=CohortFormat(args.formats) if args.formats else c.formats,
+        workers=args.workers if args.workers is not None else c.workers,
+    )
+    summary = write_cohort(args.out, c, progress=sys.stderr.isatty())
+    print(
+        f"wrote {c.n_patients} synthetic patients ({c.n_slices} slices of {c.matrix}x{c.matrix}) "
+        f"to {summary.out_dir}; labels in {summary.out_dir / 'labels.csv'}"
+    )
+    return 0
+
+
+def _cmd_prepare(args: argparse.Namespace, cfg: Config) -> int:
+    from data_prep.pipeline import prepare
+
+    c = cfg.prepare
+    if args.workers is not None:
+        c = replace(c, workers=args.workers)
+    if args.image_size is not None:
+        c = replace(c, slices=replace(c.slices, image_size=args.image_size))
+    if args.image_patient_regex:
+        c = replace(c, image_patient_regex=args.image_patient_regex)
+    result = prepare(
+        args.inputs,
+        args.out,
+        config=c,
+        labels=args.labels,
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )
+    for prob in result.skipped:
+        print(f"skipped  {prob.path}: {prob.reason}", file=sys.stderr)
+    for prob in result.flagged:
+        print(f"flagged  {prob.path}: {prob.reason}", file=sys.stderr)
+    sp = result.split_patients
+    print(
+        f"prepared {result.n_slices} slices from {result.n_volumes} scans of {result.n_patients} "
+        f"patients (train {sp['train']}, validation {sp['validation']}, test {sp['test']}); "
+        f"{len(result.skipped)} inputs skipped, {len(result.flagged)} flagged; "
+        f"{result.processed} scans processed, {result.reused} reused from an earlier run"
+    )
+    print(f"manifest: {result.out_dir / 'manifest.csv'}")
+    print(f"report:   {result.out_dir / 'prep_report.json'}")
+    if not result.usable:
+        print(
+            "error: nothing usable was prepared: no input gave a labelled chest CT "
+            "(see the skipped inputs above)",
+            file=sys.stderr,
+        )
+        return 2
+    if args.strict and result.skipped:
+        print(f"error: --strict and {len(result.skipped)} inputs were skipped", file=sys.stderr)
+        return 1
+    return 0
+
+
+COMMANDS = {"synth": _cmd_synth, "prepare": _cmd_prepare}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        cfg = load_config(getattr(args, "config", None), getattr(args, "overrides", []))
+        return COMMANDS[args.command](args, cfg)
+    except CovidCTError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "interrupted: finished work is kept; run the same command again to resume",
+            file=sys.stderr,
+        )
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
