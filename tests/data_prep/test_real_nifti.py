@@ -78,7 +78,7 @@ def test_truncated_gzip_is_rejected_with_a_reason(tmp_path):
     data = (DATA / "example4d.nii.gz").read_bytes()
     bad = tmp_path / "cut.nii.gz"
     bad.write_bytes(data[: len(data) // 2])
-    with pytest.raises(NotAnImageError, match="gzip|truncated"):
+    with pytest.raises(NotAnImageError, match=r"gzip|truncated"):
         read_nifti(bad)
 
 
