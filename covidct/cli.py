@@ -138,6 +138,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.debug else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if not args.debug:
+        from data_prep.pipeline import quiet_decoders
+
+        quiet_decoders()
     try:
         cfg = load_config(getattr(args, "config", None), getattr(args, "overrides", []))
         return COMMANDS[args.command](args, cfg)

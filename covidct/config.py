@@ -34,12 +34,12 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, found {value!r}")
-        return from_dict(tp, value, where)
+        return from_dict(tp, value, f"{where}.")
     if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        members = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
-        return _convert(value, args[0], where)
+        return _convert(value, members[0], where)
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, list | tuple):

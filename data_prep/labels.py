@@ -61,6 +61,7 @@ def class_folder_label(name: str) -> int | None:
 class LabelTable:
     """Labels read from one CSV, keyed by the source identifiers (PRIVATE: never written)."""
 
+    name: str = ""  # the CSV's file name, for messages
     by_patient: dict[str, int] = field(default_factory=dict)
     by_study: dict[str, int] = field(default_factory=dict)
     by_path: dict[str, int] = field(default_factory=dict)
@@ -92,7 +93,7 @@ def read_label_csv(path: Path) -> LabelTable:
             f"label file {path} needs a 'label' column and one of {', '.join(ID_COLUMNS)}; "
             f"found columns {sorted(columns)}"
         )
-    table = LabelTable()
+    table = LabelTable(name=path.name)
     seen: dict[tuple[str, str], int] = {}
     for row_no, row in enumerate(reader, start=2):
         raw_label = (row.get(columns["label"]) or "").strip()

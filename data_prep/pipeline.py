@@ -20,9 +20,10 @@ import json
 import logging
 import multiprocessing
 import os
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
+from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,7 +131,9 @@ def prepare(
     if workers > 1:
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(["data_prep.worker", "data_prep.discover"])
-        executor = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+        executor = ProcessPoolExecutor(
+            max_workers=workers, mp_context=ctx, initializer=quiet_decoders
+        )
     try:
         found = discover(
             [Path(p) for p in inputs],
@@ -145,6 +148,17 @@ def prepare(
         if executor is not None:
             executor.shutdown(cancel_futures=True)
     return _assemble(out_dir, config, ps, found, tables, reused, processed)
+
+
+def quiet_decoders() -> None:
+    """Silence pydicom's own logging of decode failures (tracebacks at ERROR level).
+
+    Every failure it logs is also raised, caught and reported by covidct as a one-line reason;
+    letting pydicom print it as well would put tracebacks on the user's console.
+    """
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)
+    warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+    warnings.filterwarnings("ignore", module=r"nibabel(\.|$)")
 
 
 def _check_settings(out_dir: Path, settings: SliceSettings) -> None:
@@ -214,9 +228,8 @@ def _run_jobs(
     total = len(todo)
     done = 0
 
-    def finish(job: Job, key: str, record: dict[str, Any]) -> None:
+    def finish() -> None:
         nonlocal done
-        _save_record(out_dir, job, key, record)
         done += 1
         if on_job_done is not None:
             on_job_done(done, total)
@@ -224,16 +237,25 @@ def _run_jobs(
     kwargs = {"settings": config.slices, "out_dir": out_dir, "pseudonymizer": ps}
     if executor is None:
         for job, key in _progress(todo, total, "preparing scans", progress):
-            finish(job, key, process_job(job, **kwargs))  # type: ignore[arg-type]
+            _process_and_save(job, key, **kwargs)  # type: ignore[arg-type]
+            finish()
         return reused, total
-    futures: dict[Future[dict[str, Any]], tuple[Job, str]] = {
-        executor.submit(process_job, job, **kwargs): (job, key)  # type: ignore[arg-type]
+    # workers write their own slices and records, so the main process never serialises I/O
+    futures = [
+        executor.submit(_process_and_save, job, key, **kwargs)  # type: ignore[arg-type]
         for job, key in todo
-    }
+    ]
     for fut in _progress(as_completed(futures), total, "preparing scans", progress):
-        job, key = futures[fut]
-        finish(job, key, fut.result())
+        fut.result()
+        finish()
     return reused, total
+
+
+def _process_and_save(
+    job: Job, key: str, *, settings: SliceSettings, out_dir: Path, pseudonymizer: Pseudonymizer
+) -> None:
+    record = process_job(job, settings=settings, out_dir=out_dir, pseudonymizer=pseudonymizer)
+    _save_record(out_dir, job, key, record)
 
 
 def _record_path(out_dir: Path, key: str) -> Path:
@@ -310,7 +332,7 @@ def _apply_labels(
             if row_no not in matched_rows:
                 what = {"patient_id": "patient", "study_uid": "study", "path": "path"}[col]
                 problems.append(
-                    f"label file row {row_no}: names a {what} found in no prepared scan"
+                    f"{table.name} row {row_no}: names a {what} found in no prepared scan"
                 )
     return problems
 

@@ -20,9 +20,11 @@ def lung_area_fraction(hu_slice: np.ndarray) -> float:
     labels, n = ndimage.label(low)
     if n == 0:
         return 0.0
-    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    inside = low & ~np.isin(labels, border)
-    return float(inside.mean())
+    touches_border = np.zeros(n + 1, dtype=bool)
+    for edge in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
+        touches_border[edge] = True
+    touches_border[0] = True  # label 0 is "not low density"
+    return float((~touches_border[labels]).mean())
 
 
 def lung_slice_range(hu: np.ndarray, *, min_lung_fraction: float) -> tuple[int, int] | None:

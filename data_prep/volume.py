@@ -105,7 +105,8 @@ def affine_from_spacing(
         spacing: voxel size (z, y, x) in mm.
         origin: LPS position (x, y, z) of voxel (0, 0, 0) in mm.
     """
-    aff = np.eye(4)
+    aff = np.zeros((4, 4))
+    aff[3, 3] = 1.0
     aff[2, 0] = spacing[0]
     aff[1, 1] = spacing[1]
     aff[0, 2] = spacing[2]

@@ -116,7 +116,9 @@ def _process_images(
         used.append(i)
         flags.extend(f for f in v.flags if f not in flags)
     if not unit_slices:
-        raise InputError(f"none of the {len(job.sources)} images could be read")
+        if len(bad) == 1:
+            raise InputError(bad[0][1])
+        raise InputError(f"none of the {len(job.sources)} images could be read ({bad[0][1]})")
     flags.insert(0, "8-bit slice images: intensities are display values, not HU")
     slices = to_uint8(np.stack(unit_slices))
     volume_id = ps.volume(f"{job.kind}:{job.series_key}")

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 from pydicom.pixels import apply_rescale
 
 from data_prep.errors import (
@@ -36,6 +37,174 @@ SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
 TILT_TOLERANCE_DEG = 1.0
 
 
+NATIVE_SYNTAXES = {
+    "1.2.840.10008.1.2": "<",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.1": "<",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2.2": ">",  # Explicit VR Big Endian (retired, still found in archives)
+}
+
+
+@dataclass(frozen=True)
+class RawPixels:
+    """Location and layout of uncompressed single-frame grayscale pixel data in a file."""
+
+    offset: int
+    length: int
+    byte_order: str  # "<" or ">"
+    bits_allocated: int
+    bits_stored: int
+    signed: bool
+    slope: float
+    intercept: float
+
+    def read(self, path: str, rows: int, columns: int) -> np.ndarray:
+        """Pixels in HU, exactly as pydicom's pixel_array plus rescale would give them."""
+        n = rows * columns
+        kind = "i" if self.signed else "u"
+        dtype = np.dtype(f"{self.byte_order}{kind}{self.bits_allocated // 8}")
+        if self.length < n * dtype.itemsize:
+            raise PixelDecodeError(
+                f"pixel data holds {self.length} bytes, {rows}x{columns} pixels need "
+                f"{n * dtype.itemsize}"
+            )
+        arr = np.fromfile(path, dtype=dtype, count=n, offset=self.offset)
+        if arr.size < n:
+            raise PixelDecodeError(f"file truncated: {arr.size} of {n} pixels present")
+        if self.bits_stored < self.bits_allocated:
+            # bits above BitsStored are not pixel data (PS3.5 8.1.1): mask, then sign-extend
+            shift = self.bits_allocated - self.bits_stored
+            if self.signed:
+                arr = (arr << shift) >> shift
+            else:
+                arr = arr & ((1 << self.bits_stored) - 1)
+        hu = arr.reshape(rows, columns).astype(np.float64) * self.slope + self.intercept
+        return hu.astype(np.float32)
+
+
+class _Fields:
+    """Reads a few header values straight from the bytes of pydicom's raw elements.
+
+    pydicom converts a value on first access (validation, DSfloat objects); for the ~25 values the
+    probe needs that costs more than parsing the file, and the probe runs on every file of a
+    tree.  An element pydicom has already converted is used as it is.
+    """
+
+    def __init__(self, ds: pydicom.Dataset) -> None:
+        self.ds = ds
+
+    def has(self, tag: int) -> bool:
+        return tag in self.ds
+
+    def texts(self, tag: int) -> list[str]:
+        if tag not in self.ds:
+            return []
+        elem = self.ds.get_item(tag)
+        value = elem.value
+        if value is None:
+            return []
+        if isinstance(value, bytes):
+            text = value.decode("latin-1").strip("\x00 ")
+            return [part.strip("\x00 ") for part in text.split("\\")] if text else []
+        if isinstance(value, list | tuple | MultiValue):
+            return [str(v) for v in value]
+        return [str(value)]
+
+    def text(self, tag: int) -> str:
+        return "\\".join(self.texts(tag))
+
+    def floats(self, tag: int, n: int) -> tuple[float, ...] | None:
+        try:
+            out = tuple(float(v) for v in self.texts(tag))
+        except ValueError:
+            return None
+        return out if len(out) == n and all(math.isfinite(v) for v in out) else None
+
+    def number(self, tag: int) -> float | None:
+        values = self.floats(tag, 1)
+        return values[0] if values else None
+
+    def us(self, tag: int, default: int) -> int:
+        if tag not in self.ds:
+            return default
+        elem = self.ds.get_item(tag)
+        value = elem.value
+        if isinstance(value, bytes):
+            if len(value) < 2:
+                return default
+            little = getattr(elem, "is_little_endian", True)
+            return int.from_bytes(value[:2], "little" if little else "big")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            return default
+
+
+# Tags read by the probe (group, element); see DICOM PS3.6.
+T_IMAGE_TYPE = 0x00080008
+T_SOP_CLASS = 0x00080016
+T_MODALITY = 0x00080060
+T_SLICE_THICKNESS = 0x00180050
+T_SPACING_BETWEEN = 0x00180088
+T_PATIENT_ID = 0x00100020
+T_STUDY_UID = 0x0020000D
+T_SERIES_UID = 0x0020000E
+T_INSTANCE = 0x00200013
+T_POSITION = 0x00200032
+T_ORIENTATION = 0x00200037
+T_SAMPLES = 0x00280002
+T_FRAMES = 0x00280008
+T_ROWS = 0x00280010
+T_COLUMNS = 0x00280011
+T_PIXEL_SPACING = 0x00280030
+T_BITS_ALLOCATED = 0x00280100
+T_BITS_STORED = 0x00280101
+T_PIXEL_REPRESENTATION = 0x00280103
+T_RESCALE_INTERCEPT = 0x00281052
+T_RESCALE_SLOPE = 0x00281053
+T_MODALITY_LUT = 0x00283000
+T_DIRECTORY_RECORDS = 0x00041220
+T_PIXEL_DATA = 0x7FE00010
+T_FLOAT_PIXEL_DATA = 0x7FE00008
+
+
+def _raw_pixels(ds: pydicom.Dataset, f: _Fields) -> RawPixels | None:
+    meta = getattr(ds, "file_meta", None)
+    syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    order = NATIVE_SYNTAXES.get(syntax)
+    if order is None or not f.has(T_PIXEL_DATA):
+        return None
+    bits = f.us(T_BITS_ALLOCATED, 0)
+    frames = f.number(T_FRAMES)
+    if (
+        bits not in (8, 16, 32)
+        or f.us(T_SAMPLES, 1) != 1
+        or (frames is not None and frames != 1)
+        or f.has(T_MODALITY_LUT)
+    ):
+        return None
+    elem = ds.get_item(T_PIXEL_DATA, keep_deferred=True)
+    tell = getattr(elem, "value_tell", None)
+    length = int(getattr(elem, "length", 0) or 0)
+    if tell is None or elem.value is not None or not length or length == 0xFFFFFFFF:
+        return None  # already read (small file) or encapsulated: let pydicom decode it
+    slope = f.number(T_RESCALE_SLOPE)
+    intercept = f.number(T_RESCALE_INTERCEPT)
+    return RawPixels(
+        offset=int(tell),
+        length=length,
+        byte_order=order,
+        bits_allocated=bits,
+        bits_stored=f.us(T_BITS_STORED, bits) or bits,
+        signed=f.us(T_PIXEL_REPRESENTATION, 0) == 1,
+        slope=1.0 if slope is None or slope == 0 else slope,
+        intercept=0.0 if intercept is None else intercept,
+    )
+
+
+def _positive(value: float | None) -> float | None:
+    return value if value is not None and value > 0 else None
+
+
 @dataclass(frozen=True)
 class DicomHeader:
     """What grouping and series selection need from one file. PRIVATE: holds identifiers."""
@@ -53,6 +222,12 @@ class DicomHeader:
     rows: int
     columns: int
     frames: int
+    pixel_spacing: tuple[float, ...] | None = None
+    slice_thickness: float | None = None
+    spacing_between_slices: float | None = None
+    # Where the pixel bytes lie when they are stored raw (native transfer syntax), so that the
+    # decode step reads them directly instead of parsing the whole header a second time.
+    raw_pixels: RawPixels | None = None
 
     @property
     def is_localizer(self) -> bool:
@@ -66,14 +241,6 @@ class DicomHeader:
         n = np.cross(row, col)
         norm = float(np.linalg.norm(n))
         return n / norm if norm > 1e-6 else None
-
-
-def _floats(value: object, n: int) -> tuple[float, ...] | None:
-    try:
-        out = tuple(float(v) for v in value)  # type: ignore[attr-defined]
-    except (TypeError, ValueError):
-        return None
-    return out if len(out) == n and all(math.isfinite(v) for v in out) else None
 
 
 def probe_file(path: Path) -> DicomHeader:
@@ -105,35 +272,36 @@ def probe_file(path: Path) -> DicomHeader:
         detail = " ".join(str(exc).split())[:200]
         raise NotAnImageError(f"unreadable DICOM header ({type(exc).__name__}: {detail})") from exc
 
+    f = _Fields(ds)
     meta = getattr(ds, "file_meta", None)
     media_class = str(meta.get("MediaStorageSOPClassUID", "")) if meta is not None else ""
-    if media_class == MEDIA_STORAGE_DIRECTORY or "DirectoryRecordSequence" in ds:
+    if media_class == MEDIA_STORAGE_DIRECTORY or f.has(T_DIRECTORY_RECORDS):
         raise NotAnImageError(
             "DICOMDIR index file, not an image; the files it lists are read directly"
         )
-    if "PixelData" not in ds and "FloatPixelData" not in ds:
-        raise NotAnImageError(
-            f"DICOM object without pixel data (modality {ds.get('Modality', 'unknown')})"
-        )
-    try:
-        instance = int(ds.InstanceNumber) if ds.get("InstanceNumber") not in (None, "") else None
-    except (TypeError, ValueError):
-        instance = None
-    position = _floats(ds.get("ImagePositionPatient"), 3)
+    modality = f.text(T_MODALITY).upper()
+    if not f.has(T_PIXEL_DATA) and not f.has(T_FLOAT_PIXEL_DATA):
+        raise NotAnImageError(f"DICOM object without pixel data (modality {modality or 'unknown'})")
+    instance = f.number(T_INSTANCE)
+    frames = f.number(T_FRAMES)
     return DicomHeader(
         path=str(path),
-        patient_id=str(ds.get("PatientID", "") or ""),
-        study_uid=str(ds.get("StudyInstanceUID", "") or ""),
-        series_uid=str(ds.get("SeriesInstanceUID", "") or f"no-series:{path}"),
-        modality=str(ds.get("Modality", "") or "").upper(),
-        sop_class=str(ds.get("SOPClassUID", "") or media_class),
-        image_type=tuple(str(v).strip().upper() for v in (ds.get("ImageType") or ())),
-        orientation=_floats(ds.get("ImageOrientationPatient"), 6),
-        position=position,  # type: ignore[arg-type]
-        instance_number=instance,
-        rows=int(ds.get("Rows", 0) or 0),
-        columns=int(ds.get("Columns", 0) or 0),
-        frames=int(ds.get("NumberOfFrames", 1) or 1),
+        patient_id=f.text(T_PATIENT_ID),
+        study_uid=f.text(T_STUDY_UID),
+        series_uid=f.text(T_SERIES_UID) or f"no-series:{path}",
+        modality=modality,
+        sop_class=f.text(T_SOP_CLASS) or media_class,
+        image_type=tuple(v.strip().upper() for v in f.texts(T_IMAGE_TYPE)),
+        orientation=f.floats(T_ORIENTATION, 6),
+        position=f.floats(T_POSITION, 3),  # type: ignore[arg-type]
+        instance_number=None if instance is None else int(instance),
+        rows=f.us(T_ROWS, 0),
+        columns=f.us(T_COLUMNS, 0),
+        frames=1 if frames is None else int(frames),
+        pixel_spacing=f.floats(T_PIXEL_SPACING, 2),
+        slice_thickness=_positive(f.number(T_SLICE_THICKNESS)),
+        spacing_between_slices=_positive(f.number(T_SPACING_BETWEEN)),
+        raw_pixels=_raw_pixels(ds, f),
     )
 
 
@@ -169,9 +337,22 @@ def choose_series(candidates: dict[str, list[DicomHeader]]) -> str:
     return max(candidates, key=lambda uid: (len(candidates[uid]), uid))
 
 
-def _decode(path: str) -> tuple[np.ndarray, pydicom.Dataset]:
+def decode_slice(header: DicomHeader) -> np.ndarray:
+    """One slice in HU (float32, rows x columns).
+
+    Raw native pixel data is read straight from its offset; anything else (compressed transfer
+    syntaxes, modality LUTs, odd layouts) goes through pydicom's decoders.
+
+    Raises:
+        PixelDecodeError: the pixels cannot be decoded (truncated, corrupt, unsupported).
+    """
+    if header.raw_pixels is not None:
+        try:
+            return header.raw_pixels.read(header.path, header.rows, header.columns)
+        except OSError as exc:
+            raise PixelDecodeError(f"cannot read pixel data ({exc})") from exc
     try:
-        ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(header.path)
         pixels = ds.pixel_array
         hu = apply_rescale(pixels, ds)
     except Exception as exc:
@@ -181,7 +362,7 @@ def _decode(path: str) -> tuple[np.ndarray, pydicom.Dataset]:
         ) from exc
     if hu.ndim != 2:
         raise PixelDecodeError(f"expected one 2D grayscale frame, got pixel array shape {hu.shape}")
-    return hu.astype(np.float32, copy=False), ds
+    return hu.astype(np.float32, copy=False)
 
 
 def read_series(headers: Sequence[DicomHeader], *, max_bad_fraction: float = 0.1) -> Volume:
@@ -207,25 +388,23 @@ def read_series(headers: Sequence[DicomHeader], *, max_bad_fraction: float = 0.1
     if len(orientations) > 1:
         raise GeometryError("slices of one series have different orientations")
 
-    decoded: list[tuple[DicomHeader, np.ndarray, pydicom.Dataset]] = []
+    decoded: list[tuple[DicomHeader, np.ndarray]] = []
     bad: list[str] = []
     for h in headers:
         try:
-            hu, ds = _decode(h.path)
+            decoded.append((h, decode_slice(h)))
         except PixelDecodeError as exc:
             bad.append(str(exc))
-            continue
-        decoded.append((h, hu, ds))
-    if not decoded or len(bad) > max_bad_fraction * len(headers):
+    # one bad slice is tolerated even in a short series: it becomes a flagged gap
+    if not decoded or len(bad) > max(1, int(max_bad_fraction * len(headers))):
         reason = bad[0] if bad else "no slices"
         raise PixelDecodeError(f"{len(bad)} of {len(headers)} slices unreadable: {reason}")
     if bad:
         flags.append(f"{len(bad)} of {len(headers)} slices could not be decoded and were dropped")
 
-    ds0 = decoded[0][2]
     row_cos, col_cos = _orientation(first)
     normal = np.cross(row_cos, col_cos)
-    spacing_rc = _floats(ds0.get("PixelSpacing"), 2)
+    spacing_rc = first.pixel_spacing
     if spacing_rc is None:
         spacing_rc = (1.0, 1.0)
         flags.append("PixelSpacing missing: 1 mm assumed")
@@ -274,7 +453,7 @@ def read_series(headers: Sequence[DicomHeader], *, max_bad_fraction: float = 0.1
             )
         k_col = stack_dir * step
     else:
-        thickness = float(ds0.get("SliceThickness", 0) or 0) or 1.0
+        thickness = first.spacing_between_slices or first.slice_thickness or 1.0
         k_col = normal * thickness
 
     array = np.stack([d[1] for d in decoded])
@@ -296,7 +475,7 @@ def _orientation(h: DicomHeader) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _volume_without_positions(
-    decoded: list[tuple[DicomHeader, np.ndarray, pydicom.Dataset]],
+    decoded: list[tuple[DicomHeader, np.ndarray]],
     first: DicomHeader,
     row_cos: np.ndarray,
     col_cos: np.ndarray,
@@ -304,8 +483,7 @@ def _volume_without_positions(
     flags: list[str],
 ) -> Volume:
     decoded = sorted(decoded, key=lambda d: (d[0].instance_number is None, d[0].instance_number))
-    ds0 = decoded[0][2]
-    thickness = float(ds0.get("SpacingBetweenSlices", 0) or ds0.get("SliceThickness", 0) or 0)
+    thickness = first.spacing_between_slices or first.slice_thickness or 0.0
     flags.append(
         "ImagePositionPatient missing: slices ordered by InstanceNumber, spacing "
         + (

@@ -35,3 +35,22 @@ def test_canonical_axes_point_superior_posterior_left():
     assert out.shape == (3, 4, 5)
     assert out_aff[2, 0] > 0 and out_aff[1, 1] > 0 and out_aff[0, 2] > 0
     np.testing.assert_allclose(_world(out_aff, (0, 0, 0)), [-4.0, -3.0, 0.0])
+
+
+def test_affine_from_spacing_maps_each_axis_to_its_own_world_axis():
+    aff = affine_from_spacing((3.0, 0.5, 0.7), origin=(1.0, 2.0, 3.0))
+    np.testing.assert_allclose(_world(aff, (0, 0, 0)), [1.0, 2.0, 3.0])
+    np.testing.assert_allclose(_world(aff, (1, 0, 0)), [1.0, 2.0, 6.0])  # z -> Superior
+    np.testing.assert_allclose(_world(aff, (0, 1, 0)), [1.0, 2.5, 3.0])  # y -> Posterior
+    np.testing.assert_allclose(_world(aff, (0, 0, 1)), [1.7, 2.0, 3.0])  # x -> Left
+
+
+def test_lung_area_fraction_counts_only_enclosed_air():
+    from data_prep.slicing import lung_area_fraction
+
+    img = np.full((20, 20), -1000.0)  # outside air touches the border: not lung
+    img[2:18, 2:18] = 40.0  # body
+    img[5:9, 5:9] = -850.0  # a 4x4 "lung" inside the body
+    assert lung_area_fraction(img) == 16 / 400
+    img[5:9, 0:9] = -850.0  # now it touches the border
+    assert lung_area_fraction(img) == 0.0
