@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-patient-regex", help="regex: group 1 of an image file name = patient")
     p.add_argument("--strict", action="store_true", help="exit non-zero if any input was skipped")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--verbose", action="store_true", help="list every skipped series (localizers too)"
+    )
     _add_config_args(p)
     return parser
 
@@ -103,8 +106,17 @@ def _cmd_prepare(args: argparse.Namespace, cfg: Config) -> int:
         labels=args.labels,
         progress=not args.no_progress and sys.stderr.isatty(),
     )
+    routine: dict[str, int] = {}
     for prob in result.skipped:
+        if prob.what == "series" and not args.verbose:
+            # localizers, other modalities, the unchosen reconstruction of a study: expected in
+            # any real export, so counted rather than listed (--verbose lists them)
+            key = prob.reason.rsplit(" (", 1)[0]
+            routine[key] = routine.get(key, 0) + 1
+            continue
         print(f"skipped  {prob.path}: {prob.reason}", file=sys.stderr)
+    for reason, count in sorted(routine.items()):
+        print(f"skipped  {count} series: {reason} (--verbose lists them)", file=sys.stderr)
     for prob in result.flagged:
         print(f"flagged  {prob.path}: {prob.reason}", file=sys.stderr)
     sp = result.split_patients

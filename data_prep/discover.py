@@ -18,7 +18,7 @@ from data_prep.errors import InputError
 from data_prep.labels import class_folder_label, folder_label
 from data_prep.readers.dicom import DicomHeader, choose_series, probe_file, series_rejection
 from data_prep.readers.images import is_image_name
-from data_prep.readers.nifti import is_nifti_name
+from data_prep.readers.nifti import is_nifti_name, nifti_stem
 
 # Files that sit next to scans in real exports and are not scans: ignored without complaint.
 SIDE_FILE_SUFFIXES = frozenset({".csv", ".json", ".txt", ".md", ".xml", ".pdf", ".html", ".log"})
@@ -96,6 +96,7 @@ def discover(
     found = Discovery()
     dicom_candidates: list[tuple[Path, Path]] = []
     images: list[tuple[Path, Path]] = []
+    niftis: list[tuple[Path, Path]] = []
     for root in roots:
         if not root.exists():
             found.skips.append(Skip(str(root), "folder", "does not exist"))
@@ -105,15 +106,7 @@ def discover(
             found.files_seen += 1
             suffix = path.suffix.lower()
             if is_nifti_name(path):
-                found.jobs.append(
-                    Job(
-                        kind=JobKind.NIFTI,
-                        sources=(str(path),),
-                        patient_key="",  # from the file name, by the reader
-                        series_key=str(path),
-                        folder_label=folder_label(path, root),
-                    )
-                )
+                niftis.append((root, path))
             elif is_image_name(path):
                 images.append((root, path))
             elif suffix in SIDE_FILE_SUFFIXES:
@@ -123,9 +116,37 @@ def discover(
         if found.files_seen == n_before:
             found.skips.append(Skip(str(root), "folder", "empty: no files found"))
 
+    _nifti_jobs(niftis, found)
     _group_images(images, image_patient_regex, found)
     _group_dicom(dicom_candidates, probe_map, found)
     return found
+
+
+def _nifti_jobs(niftis: list[tuple[Path, Path]], found: Discovery) -> None:
+    """One job per file. The patient is the file name without extension (MosMedData's
+    study_0001.nii.gz), unless several files share that name (patient folders each holding
+    scan.nii.gz): then it is the file's folder path below its input."""
+    stems: dict[str, int] = defaultdict(int)
+    for _, path in niftis:
+        stems[nifti_stem(path)] += 1
+    for root, path in niftis:
+        stem = nifti_stem(path)
+        if stems[stem] > 1:
+            try:
+                patient = "/".join(path.parent.relative_to(root).parts) or path.parent.name
+            except ValueError:
+                patient = path.parent.name
+        else:
+            patient = stem
+        found.jobs.append(
+            Job(
+                kind=JobKind.NIFTI,
+                sources=(str(path),),
+                patient_key=patient,
+                series_key=str(path),
+                folder_label=folder_label(path, root),
+            )
+        )
 
 
 def _group_images(images: list[tuple[Path, Path]], regex: str, found: Discovery) -> None:

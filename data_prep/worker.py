@@ -78,7 +78,7 @@ def _process_hu(
         if vol.positions is not None
         else [None] * (stop - start)
     )
-    patient_key = vol.patient_key or job.patient_key
+    patient_key = job.patient_key or vol.patient_key
     volume_id = ps.volume(f"{job.kind}:{job.series_key}")
     atomic_save_npy(out_dir / "slices" / f"{volume_id}.npy", slices)
     return {

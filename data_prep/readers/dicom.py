@@ -145,6 +145,7 @@ T_SOP_CLASS = 0x00080016
 T_MODALITY = 0x00080060
 T_SLICE_THICKNESS = 0x00180050
 T_SPACING_BETWEEN = 0x00180088
+T_GANTRY_TILT = 0x00181120
 T_PATIENT_ID = 0x00100020
 T_STUDY_UID = 0x0020000D
 T_SERIES_UID = 0x0020000E
@@ -225,6 +226,7 @@ class DicomHeader:
     pixel_spacing: tuple[float, ...] | None = None
     slice_thickness: float | None = None
     spacing_between_slices: float | None = None
+    gantry_tilt: float | None = None  # GantryDetectorTilt, degrees
     # Where the pixel bytes lie when they are stored raw (native transfer syntax), so that the
     # decode step reads them directly instead of parsing the whole header a second time.
     raw_pixels: RawPixels | None = None
@@ -301,6 +303,7 @@ def probe_file(path: Path) -> DicomHeader:
         pixel_spacing=f.floats(T_PIXEL_SPACING, 2),
         slice_thickness=_positive(f.number(T_SLICE_THICKNESS)),
         spacing_between_slices=_positive(f.number(T_SPACING_BETWEEN)),
+        gantry_tilt=f.number(T_GANTRY_TILT),
         raw_pixels=_raw_pixels(ds, f),
     )
 
@@ -456,6 +459,16 @@ def read_series(headers: Sequence[DicomHeader], *, max_bad_fraction: float = 0.1
         thickness = first.spacing_between_slices or first.slice_thickness or 1.0
         k_col = normal * thickness
 
+    if (
+        not any("gantry tilt" in f for f in flags)
+        and first.gantry_tilt is not None
+        and abs(first.gantry_tilt) > TILT_TOLERANCE_DEG
+    ):
+        # a single slice (or positions rewritten by a reformat) cannot show the shear
+        flags.append(
+            f"gantry tilt of {abs(first.gantry_tilt):.1f} degrees in the header "
+            "(GantryDetectorTilt); slices kept as acquired, not resampled"
+        )
     array = np.stack([d[1] for d in decoded])
     affine = np.eye(4)
     affine[:3, 0] = k_col

@@ -165,3 +165,13 @@ def test_cli_label_file_missing_columns_is_a_clear_error(tmp_path, capsys):
     )
     assert code == 2
     assert "needs a 'label' column" in capsys.readouterr().err
+
+
+def test_cli_counts_routine_series_skips_and_lists_them_with_verbose(cohort, tmp_path, capsys):
+    args = ["prepare", str(cohort), "--workers", "1", "--labels", str(cohort / "labels.csv")]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    assert "series: localizer (scout) series (--verbose lists them)" in err
+    assert "_localizer:" not in err
+    assert main([*args, "--out", str(tmp_path / "b"), "--verbose"]) == 0
+    assert "_localizer: localizer (scout) series" in capsys.readouterr().err
