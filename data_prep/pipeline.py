@@ -14,32 +14,28 @@ keeps all finished volumes and the next run only does what is missing.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import multiprocessing
 import os
 import warnings
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from data_prep.atomic import atomic_write_json, atomic_write_text
+from data_prep.assemble import PrepareResult, Problem, assemble
+from data_prep.atomic import atomic_write_json
 from data_prep.deid import Pseudonymizer, load_or_create_key
-from data_prep.discover import Discovery, Job, Skip, discover, probe_many
+from data_prep.discover import Job, Skip, discover, probe_many
 from data_prep.errors import CovidCTError, InputError
-from data_prep.labels import LabelTable, read_label_csv
-from data_prep.manifest import SliceRow, assign_splits, write_manifest
+from data_prep.labels import read_label_csv
 from data_prep.readers.dicom import DicomHeader
 from data_prep.worker import SliceSettings, process_job
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
 PROBE_CHUNK = 128
 
 
@@ -60,33 +56,6 @@ class PrepConfig:
     seed: int = 0
     workers: int = 0
     image_patient_regex: str = ""
-
-
-@dataclass
-class Problem:
-    """A skipped or flagged input. ``path`` is PRIVATE (console only); ``ref`` goes in reports."""
-
-    ref: str
-    path: str
-    what: str
-    reason: str
-
-
-@dataclass
-class PrepareResult:
-    out_dir: Path
-    n_volumes: int
-    n_slices: int
-    n_patients: int
-    split_patients: dict[str, int]
-    skipped: list[Problem]
-    flagged: list[Problem]
-    reused: int
-    processed: int
-
-    @property
-    def usable(self) -> bool:
-        return self.n_slices > 0
 
 
 class PrepFolderError(CovidCTError):
@@ -147,7 +116,7 @@ def prepare(
     finally:
         if executor is not None:
             executor.shutdown(cancel_futures=True)
-    return _assemble(out_dir, config, ps, found, tables, reused, processed)
+    return assemble(out_dir, config, ps, found, tables, reused, processed)
 
 
 def quiet_decoders() -> None:
@@ -279,283 +248,6 @@ def _save_record(out_dir: Path, job: Job, key: str, record: dict[str, Any]) -> N
 def ps_ref(job_key: str) -> str:
     """Report reference of a job's input (its key is already a keyed digest)."""
     return "in-" + job_key[:12]
-
-
-def _load_json_dir(folder: Path) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for p in sorted(folder.glob("*.json")):
-        try:
-            out[p.stem] = json.loads(p.read_text())
-        except (OSError, ValueError):
-            logger.warning("unreadable state file %s ignored (its job will be redone)", p.name)
-            p.unlink(missing_ok=True)
-    return out
-
-
-def _apply_labels(
-    tables: list[LabelTable],
-    ps: Pseudonymizer,
-    private_jobs: dict[str, dict[str, Any]],
-    records: dict[str, dict[str, Any]],
-    state: dict[str, dict[str, int]],
-) -> list[str]:
-    """Merge this run's label CSVs into the persistent (pseudonymous) label state.
-
-    Returns problems, by row number only.
-    """
-    problems: list[str] = []
-    patients = {r["patient_id"] for r in records.values() if r.get("status") == "ok"}
-    studies = {r["study_id"] for r in records.values() if r.get("status") == "ok"}
-    for table in tables:
-        problems.extend(table.problems)
-        matched_rows: set[int] = set()
-        for raw, label in table.by_patient.items():
-            pid = ps.patient(raw)
-            state["patient"][pid] = label
-            if pid in patients:
-                matched_rows.update(r for r, c, i in table.rows if c == "patient_id" and i == raw)
-        for raw, label in table.by_study.items():
-            sid = ps.study(raw)
-            state["study"][sid] = label
-            if sid in studies:
-                matched_rows.update(r for r, c, i in table.rows if c == "study_uid" and i == raw)
-        for target, label in table.by_path.items():
-            prefix = target.rstrip(os.sep) + os.sep
-            for key, priv in private_jobs.items():
-                if any(s == target or s.startswith(prefix) for s in priv.get("sources", [])):
-                    state["job"][key] = label
-                    if records.get(key, {}).get("status") == "ok":
-                        matched_rows.update(
-                            r for r, c, i in table.rows if c == "path" and i == target
-                        )
-        for row_no, col, _ in table.rows:
-            if row_no not in matched_rows:
-                what = {"patient_id": "patient", "study_uid": "study", "path": "path"}[col]
-                problems.append(
-                    f"{table.name} row {row_no}: names a {what} found in no prepared scan"
-                )
-    return problems
-
-
-def _assemble(
-    out_dir: Path,
-    config: PrepConfig,
-    ps: Pseudonymizer,
-    found: Discovery,
-    tables: list[LabelTable],
-    reused: int,
-    processed: int,
-) -> PrepareResult:
-    state_dir = out_dir / ".state"
-    records = _load_json_dir(state_dir / "jobs")
-    private_jobs = _load_json_dir(out_dir / "private" / "jobs")
-
-    label_state_path = state_dir / "labels.json"
-    label_state: dict[str, dict[str, int]] = {"patient": {}, "study": {}, "job": {}}
-    if label_state_path.exists():
-        label_state.update(json.loads(label_state_path.read_text()))
-    label_problems = _apply_labels(tables, ps, private_jobs, records, label_state)
-    atomic_write_json(label_state_path, label_state)
-
-    # discovery skips accumulate across runs (by reference); paths stay private
-    skips_path = state_dir / "skips.json"
-    skip_state: dict[str, dict[str, str]] = (
-        json.loads(skips_path.read_text()) if skips_path.exists() else {}
-    )
-    inputs_map: dict[str, str] = _read_inputs_map(out_dir)
-    for s in found.skips:
-        ref = ps.input_ref(s.path)
-        skip_state[ref] = {"what": s.what, "reason": s.reason}
-        inputs_map[ref] = s.path
-    atomic_write_json(skips_path, skip_state)
-
-    skipped: list[Problem] = [
-        Problem(ref, inputs_map.get(ref, "?"), v["what"], v["reason"])
-        for ref, v in skip_state.items()
-    ]
-    flagged: list[Problem] = []
-    volumes: list[dict[str, Any]] = []
-    for key, rec in sorted(records.items()):
-        sources = private_jobs.get(key, {}).get("sources", [])
-        where = _describe_sources(sources)
-        inputs_map[rec["input_ref"]] = where
-        for idx, reason in rec.get("file_skips", []):
-            ref = ps.input_ref(sources[idx]) if idx < len(sources) else rec["input_ref"]
-            inputs_map[ref] = sources[idx] if idx < len(sources) else where
-            skipped.append(Problem(ref, inputs_map[ref], "file", reason))
-        if rec.get("status") != "ok":
-            skipped.append(Problem(rec["input_ref"], where, "scan", rec.get("reason", "?")))
-            continue
-        label = label_state["job"].get(key)
-        if label is None and rec.get("study_id"):
-            label = label_state["study"].get(rec["study_id"])
-        if label is None:
-            label = label_state["patient"].get(rec["patient_id"])
-        if label is None:
-            label = rec.get("folder_label")
-        if label is None:
-            skipped.append(
-                Problem(
-                    rec["input_ref"],
-                    where,
-                    "scan",
-                    "no label: not in any label CSV and not inside a class folder "
-                    "(add it to --labels, or put it under e.g. COVID/ or non-COVID/)",
-                )
-            )
-            continue
-        if rec.get("flags"):
-            flagged.append(Problem(rec["input_ref"], where, "scan", "; ".join(rec["flags"])))
-        volumes.append({**rec, "label": int(label)})
-
-    patient_labels: dict[str, set[int]] = defaultdict(set)
-    for v in volumes:
-        patient_labels[v["patient_id"]].add(v["label"])
-    conflicting = {p for p, labs in patient_labels.items() if len(labs) > 1}
-    for p in sorted(conflicting):
-        label_problems.append(f"patient {p} has scans labelled both 0 and 1: all excluded")
-    volumes = [v for v in volumes if v["patient_id"] not in conflicting]
-    splits = assign_splits(
-        {p: next(iter(labs)) for p, labs in patient_labels.items() if p not in conflicting},
-        fractions=config.split,
-        seed=config.seed,
-    )
-
-    rows: list[SliceRow] = []
-    for v in sorted(
-        volumes, key=lambda v: (splits[v["patient_id"]].value, v["patient_id"], v["volume_id"])
-    ):
-        for i in range(v["n_slices"]):
-            pos = v["positions_mm"][i]
-            rows.append(
-                SliceRow(
-                    patient_id=v["patient_id"],
-                    volume_id=v["volume_id"],
-                    split=splits[v["patient_id"]].value,
-                    label=v["label"],
-                    file=f"slices/{v['volume_id']}.npy",
-                    index=i,
-                    source_slice=v["source_slices"][i],
-                    position_mm=float("nan") if pos is None else float(pos),
-                    kind=v["kind"],
-                )
-            )
-    _remove_orphan_slices(
-        out_dir, {v["volume_id"] for v in records.values() if v.get("status") == "ok"}
-    )
-    n_rows = write_manifest(out_dir / "manifest.csv", rows)
-
-    split_patients = {s: 0 for s in ("train", "validation", "test")}
-    split_slices = dict(split_patients)
-    split_labels: dict[str, dict[str, int]] = {s: {"0": 0, "1": 0} for s in split_patients}
-    for p, split in splits.items():
-        split_patients[split.value] += 1
-        split_labels[split.value][str(next(iter(patient_labels[p])))] += 1
-    for r in rows:
-        split_slices[r.split] += 1
-    report = {
-        "format_version": FORMAT_VERSION,
-        "counts": {
-            "files_seen_this_run": found.files_seen,
-            "volumes": len(volumes),
-            "patients": len(splits),
-            "slices": n_rows,
-            "patients_per_split": split_patients,
-            "patients_per_split_and_label": split_labels,
-            "slices_per_split": split_slices,
-            "kinds": {k: sum(1 for v in volumes if v["kind"] == k) for k in ("hu", "gray8")},
-            "jobs_reused": reused,
-            "jobs_processed": processed,
-            "skipped": len(skipped),
-            "flagged": len(flagged),
-        },
-        "skipped": [{"input": p.ref, "what": p.what, "reason": p.reason} for p in skipped],
-        "flagged": [{"input": p.ref, "what": p.what, "reason": p.reason} for p in flagged],
-        "label_problems": label_problems,
-        "note": "inputs are named by reference; private/inputs.csv maps references to paths",
-    }
-    atomic_write_json(out_dir / "prep_report.json", report)
-    atomic_write_json(
-        out_dir / "dataset.json",
-        {
-            "format_version": FORMAT_VERSION,
-            "slices": config.slices.as_dict(),
-            "storage": "slices/<volume_id>.npy: uint8 (n, size, size); value/255 = window position",
-            "split_fractions": list(config.split),
-            "split_seed": config.seed,
-            "patients": len(splits),
-            "volumes": len(volumes),
-            "slices_total": n_rows,
-        },
-    )
-    _write_private_maps(out_dir, inputs_map, private_jobs, records)
-    for problem in label_problems:
-        skipped.append(Problem("labels", "labels", "label", problem))
-    return PrepareResult(
-        out_dir=out_dir,
-        n_volumes=len(volumes),
-        n_slices=n_rows,
-        n_patients=len(splits),
-        split_patients=split_patients,
-        skipped=skipped,
-        flagged=flagged,
-        reused=reused,
-        processed=processed,
-    )
-
-
-def _describe_sources(sources: list[str]) -> str:
-    if not sources:
-        return "?"
-    if len(sources) == 1:
-        return sources[0]
-    parents = {str(Path(s).parent) for s in sources}
-    return parents.pop() if len(parents) == 1 else f"{sources[0]} (+{len(sources) - 1} files)"
-
-
-def _remove_orphan_slices(out_dir: Path, keep: set[str]) -> None:
-    for p in (out_dir / "slices").glob("*.npy"):
-        if p.stem not in keep:
-            p.unlink(missing_ok=True)
-
-
-def _read_inputs_map(out_dir: Path) -> dict[str, str]:
-    path = out_dir / "private" / "inputs.csv"
-    if not path.exists():
-        return {}
-    with path.open(newline="") as fh:
-        return {r["input"]: r["path"] for r in csv.DictReader(fh)}
-
-
-def _write_private_maps(
-    out_dir: Path,
-    inputs_map: dict[str, str],
-    private_jobs: dict[str, dict[str, Any]],
-    records: dict[str, dict[str, Any]],
-) -> None:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["input", "path"])
-    for ref, path in sorted(inputs_map.items()):
-        w.writerow([ref, path])
-    atomic_write_text(out_dir / "private" / "inputs.csv", buf.getvalue())
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["patient_id", "volume_id", "source_patient_id", "source_study_uid", "source"])
-    for key, rec in sorted(records.items()):
-        if rec.get("status") != "ok":
-            continue
-        priv = private_jobs.get(key, {})
-        w.writerow(
-            [
-                rec["patient_id"],
-                rec["volume_id"],
-                priv.get("patient_key", ""),
-                priv.get("study_key", ""),
-                _describe_sources(priv.get("sources", [])),
-            ]
-        )
-    atomic_write_text(out_dir / "private" / "pseudonym_map.csv", buf.getvalue())
 
 
 __all__ = ["PrepConfig", "PrepFolderError", "PrepareResult", "Problem", "Skip", "prepare"]

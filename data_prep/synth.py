@@ -30,7 +30,6 @@ import logging
 import multiprocessing
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
@@ -42,7 +41,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import format_number_as_ds
 
-from data_prep.atomic import atomic_write_json, atomic_write_text
+from data_prep.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from data_prep.errors import ConfigError, CovidCTError
 from data_prep.phantom import Phantom, make_phantom
 
@@ -279,21 +278,9 @@ def make_identities(seed: int, n: int) -> list[Identity]:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    """Temp file in the same folder, then rename: readers never see half a file.
-
-    No fsync, unlike :func:`data_prep.atomic.atomic_write_bytes`: a cohort has tens of
-    thousands of files, is rebuilt bit for bit from its seed, and fsync per file would dominate
-    the run time on slow disks.
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # No fsync: a cohort has tens of thousands of files, is rebuilt bit for bit from its seed,
+    # and fsync per file would dominate the run time on slow disks.
+    atomic_write_bytes(path, data, durable=False)
 
 
 def _uid(*parts: object) -> str:
