@@ -1,0 +1,312 @@
+"""The DP-SGD step: the ONLY place that clips gradients or adds noise.
+
+One logical batch (all privacy units Poisson-sampled for a step) is processed in fixed-size
+chunks of units, so memory does not grow with the logical batch:
+
+1. per-unit gradient: the mean loss over the unit's slices (a patient contributes up to k slices);
+2. clip each unit's gradient to L2 norm C (flat) or each parameter group g to C_g with
+   sum_g C_g^2 = C^2 (per-layer), so one unit changes the sum by at most C;
+3. accumulate the clipped sums over all chunks of the logical batch;
+4. add N(0, sigma^2 C^2) ONCE per logical batch and divide by the EXPECTED batch size q*N
+   (dividing by the realised size would leak it: Poisson subsampling's analysis assumes a fixed
+   normaliser; Abadi et al. 2016, "Deep Learning with Differential Privacy", Alg. 1).
+
+Two execution modes compute the same sums:
+- ``nanobatch`` (the paper's method, Lee et al. 2021): a physical batch of ONE unit inside a
+  tf.while_loop, gradient accumulation; the cheapest memory, exact per-unit clipping;
+- ``vectorized``: per-unit gradients of a chunk at once with tf.vectorized_map.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from covidct.tfsetup import keras, tf
+
+logger = logging.getLogger(__name__)
+
+# Keeps the clip factor finite for a zero gradient (C / (0 + eps) is then clipped to 1).
+_NORM_EPS = 1e-12
+
+
+class ExecutionMode(enum.Enum):
+    NANOBATCH = "nanobatch"
+    VECTORIZED = "vectorized"
+    AUTO = "auto"
+
+
+class ClippingMode(enum.Enum):
+    FLAT = "flat"
+    PER_LAYER = "per-layer"
+
+
+@dataclass(frozen=True)
+class DPSettings:
+    """What the mechanism needs; all privacy parameters in one frozen place.
+
+    Attributes:
+        clip_norm: C, the bound on one unit's contribution; None disables clipping (only for
+            the non-private baseline and the equivalence tests).
+        noise_multiplier: sigma; the noise std is sigma * C.
+        expected_batch_size: q * N, the normaliser of the summed gradient.
+        clipping: flat (one global norm) or per-layer (one norm per parameter group).
+    """
+
+    clip_norm: float | None
+    noise_multiplier: float
+    expected_batch_size: float
+    clipping: ClippingMode = ClippingMode.FLAT
+
+    def __post_init__(self) -> None:
+        if self.clip_norm is not None and self.clip_norm <= 0:
+            raise ValueError(f"clip_norm must be positive, got {self.clip_norm}")
+        if self.noise_multiplier < 0:
+            raise ValueError(f"noise_multiplier must be >= 0, got {self.noise_multiplier}")
+        if self.noise_multiplier > 0 and self.clip_norm is None:
+            raise ValueError("noise without clipping has no privacy meaning: set clip_norm")
+        if self.expected_batch_size <= 0:
+            raise ValueError(f"expected_batch_size must be > 0, got {self.expected_batch_size}")
+
+
+def group_clip_norms(sizes: Sequence[int], *, clip_norm: float, proportional: bool) -> list[float]:
+    """Per-group bounds C_g with sum_g C_g^2 = C^2, so the whole unit stays within C.
+
+    Args:
+        sizes: number of parameters in each group (a layer, or a pipeline stage).
+        clip_norm: the total bound C.
+        proportional: C_g^2 proportional to the group's size; else equal split.
+    """
+    weights = [float(s) if proportional else 1.0 for s in sizes]
+    total = sum(weights)
+    return [clip_norm * (w / total) ** 0.5 for w in weights]
+
+
+LossFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
+
+
+class DPGradient:
+    """Clipped, accumulated, once-noised gradients of a Keras model.
+
+    Usage per logical batch::
+
+        dp.reset()
+        for x, mask, y, present in chunks:   # fixed chunk shape; padded units have present=0
+            dp.accumulate(x, mask, y, present)
+        grads = dp.result(step=step)         # noised once, divided by q*N
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+    """
+
+    def __init__(
+        self,
+        model: keras.Model,
+        *,
+        settings: DPSettings,
+        mode: ExecutionMode,
+        seed: int,
+        layer_groups: Sequence[Sequence[int]] | None = None,
+    ) -> None:
+        """Build the graph functions.
+
+        Args:
+            model: maps (n, H, W, 1) images to (n, 1) logits.
+            settings: clip norm, noise multiplier, expected batch size, clipping mode.
+            mode: nanobatch or vectorized (AUTO must be resolved by the caller).
+            seed: seed of the noise; the noise of step t is a pure function of (seed, t), so a
+                resumed run draws the same noise it would have drawn.
+            layer_groups: for per-layer clipping, indices into model.trainable_variables of each
+                group; default: one group per layer that owns variables.
+        """
+        if mode is ExecutionMode.AUTO:
+            raise ValueError("resolve ExecutionMode.AUTO before building DPGradient")
+        self.model = model
+        self.settings = settings
+        self.mode = mode
+        self.seed = int(seed)
+        self.variables = list(model.trainable_variables)
+        self._acc = [
+            tf.Variable(tf.zeros_like(v), trainable=False, name=f"dp_acc_{i}")
+            for i, v in enumerate(self.variables)
+        ]
+        self._units = tf.Variable(0.0, trainable=False, dtype=tf.float32, name="dp_units")
+        self._loss = tf.Variable(0.0, trainable=False, dtype=tf.float32, name="dp_loss")
+        groups = (
+            layer_groups if layer_groups is not None else _default_groups(model, self.variables)
+        )
+        self._group_of_var = [0] * len(self.variables)
+        for g, members in enumerate(groups):
+            for i in members:
+                self._group_of_var[i] = g
+        self._n_groups = len(groups)
+        if settings.clipping is ClippingMode.PER_LAYER and settings.clip_norm is not None:
+            sizes = [sum(int(tf.size(self.variables[i])) for i in members) for members in groups]
+            self.group_norms = group_clip_norms(
+                sizes, clip_norm=settings.clip_norm, proportional=False
+            )
+        else:
+            self.group_norms = []
+        self._bce = keras.losses.BinaryCrossentropy(
+            from_logits=True, reduction=keras.losses.Reduction.NONE
+        )
+        self._accumulate_fn = tf.function(self._accumulate_graph, reduce_retracing=True)
+
+    # ---- per-unit pieces -------------------------------------------------------------------
+
+    def _unit_loss(self, x: tf.Tensor, mask: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        """Mean loss over one unit's valid slices. x (k,H,W,1), mask (k,), y scalar."""
+        logits = self.model(x, training=True)[:, 0]
+        per_slice = self._bce(tf.fill(tf.shape(logits), y)[:, None], logits[:, None])
+        return tf.reduce_sum(per_slice * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
+
+    def _unit_grads(
+        self, x: tf.Tensor, mask: tf.Tensor, y: tf.Tensor
+    ) -> tuple[list[tf.Tensor], tf.Tensor]:
+        with tf.GradientTape() as tape:
+            loss = self._unit_loss(x, mask, y)
+        grads = tape.gradient(loss, self.variables)
+        return [
+            tf.zeros_like(v) if g is None else g for g, v in zip(grads, self.variables, strict=True)
+        ], loss
+
+    def _clip_factors(self, grads: list[tf.Tensor], batched: bool) -> list[tf.Tensor]:
+        """Multiplier per variable that brings the unit (or each of its groups) within bound."""
+        c = self.settings.clip_norm
+        if c is None:
+            one = tf.ones([tf.shape(grads[0])[0]]) if batched else tf.constant(1.0)
+            return [one] * len(grads)
+
+        def sq(g: tf.Tensor) -> tf.Tensor:
+            axes = list(range(1, len(g.shape))) if batched else None
+            return tf.reduce_sum(tf.square(g), axis=axes)
+
+        if self.settings.clipping is ClippingMode.FLAT:
+            norm = tf.sqrt(tf.add_n([sq(g) for g in grads]))
+            f = tf.minimum(1.0, c / (norm + _NORM_EPS))
+            return [f] * len(grads)
+        group_sq = [tf.zeros_like(sq(grads[0])) for _ in range(self._n_groups)]
+        for i, g in enumerate(grads):
+            group_sq[self._group_of_var[i]] += sq(g)
+        factors = [
+            tf.minimum(1.0, cg / (tf.sqrt(s) + _NORM_EPS))
+            for cg, s in zip(self.group_norms, group_sq, strict=True)
+        ]
+        return [factors[self._group_of_var[i]] for i in range(len(grads))]
+
+    # ---- one chunk of units ----------------------------------------------------------------
+
+    def _accumulate_graph(
+        self, x: tf.Tensor, mask: tf.Tensor, y: tf.Tensor, present: tf.Tensor
+    ) -> None:
+        if self.mode is ExecutionMode.VECTORIZED:
+
+            def per_unit(
+                args: tuple[tf.Tensor, tf.Tensor, tf.Tensor],
+            ) -> tuple[list[tf.Tensor], tf.Tensor]:
+                return self._unit_grads(*args)
+
+            grads, losses = tf.vectorized_map(per_unit, (x, mask, y))
+            factors = self._clip_factors(grads, batched=True)
+            for acc, g, f in zip(self._acc, grads, factors, strict=True):
+                w = tf.reshape(f * present, [-1] + [1] * (len(g.shape) - 1))
+                acc.assign_add(tf.reduce_sum(g * w, axis=0))
+            self._loss.assign_add(tf.reduce_sum(losses * present))
+        else:
+            n = tf.shape(x)[0]
+
+            def body(i: tf.Tensor) -> tf.Tensor:
+                grads, loss = self._unit_grads(x[i], mask[i], y[i])
+                factors = self._clip_factors(grads, batched=False)
+                for acc, g, f in zip(self._acc, grads, factors, strict=True):
+                    acc.assign_add(g * (f * present[i]))
+                self._loss.assign_add(loss * present[i])
+                return i + 1
+
+            tf.while_loop(lambda i: i < n, body, [tf.constant(0)], parallel_iterations=1)
+        self._units.assign_add(tf.reduce_sum(present))
+
+    # ---- public API -------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Start a new logical batch."""
+        for acc in self._acc:
+            acc.assign(tf.zeros_like(acc))
+        self._units.assign(0.0)
+        self._loss.assign(0.0)
+
+    def accumulate(self, x: tf.Tensor, mask: tf.Tensor, y: tf.Tensor, present: tf.Tensor) -> None:
+        """Add the clipped gradients of one chunk of units.
+
+        Args:
+            x: (U, k, H, W, 1) float32 slices of U units (padded slices have mask 0).
+            mask: (U, k) float32, 1 for a real slice.
+            y: (U,) float32 unit labels.
+            present: (U,) float32, 1 for a sampled unit, 0 for padding (keeps shapes static).
+        """
+        self._accumulate_fn(
+            tf.convert_to_tensor(x, tf.float32),
+            tf.convert_to_tensor(mask, tf.float32),
+            tf.convert_to_tensor(y, tf.float32),
+            tf.convert_to_tensor(present, tf.float32),
+        )
+
+    @property
+    def units_in_batch(self) -> float:
+        return float(self._units.numpy())
+
+    @property
+    def mean_unit_loss(self) -> float:
+        n = self.units_in_batch
+        return float(self._loss.numpy()) / n if n else float("nan")
+
+    def clipped_sum(self) -> list[tf.Tensor]:
+        """The accumulated clipped sum (no noise): for tests and diagnostics only."""
+        return [tf.identity(a) for a in self._acc]
+
+    def result(self, *, step: int) -> list[tf.Tensor]:
+        """The noisy gradient of the logical batch: (sum + N(0, sigma^2 C^2)) / (q N).
+
+        The noise is drawn here, once per logical batch, from a stateless generator keyed by
+        (seed, step, variable index).
+        """
+        s = self.settings
+        out = []
+        for i, acc in enumerate(self._acc):
+            g = tf.identity(acc)
+            if s.noise_multiplier > 0:
+                assert s.clip_norm is not None  # enforced by DPSettings
+                std = s.noise_multiplier * s.clip_norm
+                noise = tf.random.stateless_normal(
+                    tf.shape(g), seed=[self.seed, step * 100_003 + i], dtype=g.dtype
+                )
+                g = g + std * noise
+            out.append(g / s.expected_batch_size)
+        return out
+
+
+def _default_groups(model: keras.Model, variables: list[tf.Variable]) -> list[list[int]]:
+    """One parameter group per layer that owns trainable variables (in variable order)."""
+    index = {id(v): i for i, v in enumerate(variables)}
+    groups: list[list[int]] = []
+    seen: set[int] = set()
+    for layer in _leaf_layers(model):
+        members = [index[id(v)] for v in layer.trainable_variables if id(v) in index]
+        members = [m for m in members if m not in seen]
+        if members:
+            groups.append(members)
+            seen.update(members)
+    rest = [i for i in range(len(variables)) if i not in seen]
+    if rest:
+        groups.append(rest)
+    return groups
+
+
+def _leaf_layers(model: keras.layers.Layer) -> list[keras.layers.Layer]:
+    inner = getattr(model, "layers", None)
+    if not inner:
+        return [model]
+    out: list[keras.layers.Layer] = []
+    for layer in inner:
+        out.extend(_leaf_layers(layer))
+    return out

@@ -1,0 +1,192 @@
+"""The DP step against hand computation, against itself in both modes, and tensorflow-privacy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from covidct.privacy.mechanism import (
+    ClippingMode,
+    DPGradient,
+    DPSettings,
+    ExecutionMode,
+    group_clip_norms,
+)
+from covidct.tfsetup import keras, tf
+
+MODES = [ExecutionMode.NANOBATCH, ExecutionMode.VECTORIZED]
+
+
+def tiny_model(seed: int = 0) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(4, 3, padding="same")(inp)
+    h = keras.layers.GroupNormalization(groups=2)(h)
+    h = keras.layers.Activation("relu")(h)
+    h = keras.layers.GlobalMaxPooling2D()(h)
+    out = keras.layers.Dense(1)(h)
+    return keras.Model(inp, out)
+
+
+def unit_batch(n_units: int = 5, k: int = 3, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    x = rng.random((n_units, k, 8, 8, 1), dtype=np.float32)
+    mask = np.ones((n_units, k), np.float32)
+    mask[0, 2:] = 0  # a patient with fewer slices than k
+    mask[3, 1:] = 0
+    y = (np.arange(n_units) % 2).astype(np.float32)
+    present = np.ones(n_units, np.float32)
+    return x, mask, y, present
+
+
+def dp_sum(model, settings, mode, batch, seed=0):
+    dp = DPGradient(model, settings=settings, mode=mode, seed=seed)
+    dp.reset()
+    dp.accumulate(*batch)
+    return dp
+
+
+def flat(grads) -> np.ndarray:
+    return np.concatenate([np.asarray(g).ravel() for g in grads])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_no_noise_no_clipping_equals_plain_gradient_of_mean_unit_loss(mode):
+    model = tiny_model()
+    x, mask, y, present = unit_batch()
+    settings = DPSettings(clip_norm=None, noise_multiplier=0.0, expected_batch_size=len(y))
+    got = dp_sum(model, settings, mode, (x, mask, y, present)).result(step=0)
+    bce = keras.losses.BinaryCrossentropy(from_logits=True, reduction="none")
+    with tf.GradientTape() as tape:
+        losses = []
+        for u in range(len(y)):
+            logits = model(x[u], training=True)
+            per = bce(np.full((x.shape[1], 1), y[u]), logits)
+            losses.append(tf.reduce_sum(per * mask[u]) / mask[u].sum())
+        loss = tf.add_n(losses) / len(y)
+    want = tape.gradient(loss, model.trainable_variables)
+    np.testing.assert_allclose(flat(got), flat(want), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_each_units_clipped_gradient_norm_is_at_most_c(mode):
+    model = tiny_model()
+    x, mask, y, _ = unit_batch()
+    c = 0.01  # far below the raw norms, so every unit is clipped
+    settings = DPSettings(clip_norm=c, noise_multiplier=0.0, expected_batch_size=1.0)
+    for u in range(len(y)):
+        present = np.zeros(len(y), np.float32)
+        present[u] = 1.0
+        norm = np.linalg.norm(
+            flat(dp_sum(model, settings, mode, (x, mask, y, present)).clipped_sum())
+        )
+        assert norm <= c * (1 + 1e-5)
+        assert norm == pytest.approx(c, rel=1e-4)  # clipping happened, it is not a zero vector
+
+
+def test_nanobatch_equals_vectorized_with_clipping():
+    model = tiny_model()
+    batch = unit_batch(n_units=6)
+    settings = DPSettings(clip_norm=0.05, noise_multiplier=0.0, expected_batch_size=4.2)
+    a = dp_sum(model, settings, ExecutionMode.NANOBATCH, batch).result(step=3)
+    b = dp_sum(model, settings, ExecutionMode.VECTORIZED, batch).result(step=3)
+    np.testing.assert_allclose(flat(a), flat(b), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_padding_units_contribute_nothing(mode):
+    model = tiny_model()
+    x, mask, y, present = unit_batch()
+    settings = DPSettings(clip_norm=0.1, noise_multiplier=0.0, expected_batch_size=3.0)
+    full = dp_sum(model, settings, mode, (x[:3], mask[:3], y[:3], present[:3])).clipped_sum()
+    padded_present = present.copy()
+    padded_present[3:] = 0
+    padded = dp_sum(model, settings, mode, (x, mask, y, padded_present))
+    np.testing.assert_allclose(flat(padded.clipped_sum()), flat(full), rtol=1e-5, atol=1e-7)
+    assert padded.units_in_batch == 3
+
+
+def test_noise_std_matches_sigma_times_c_and_is_drawn_once_per_step():
+    model = keras.Sequential(
+        [keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(64)]
+    )
+    sigma, c, expected = 1.7, 0.3, 10.0
+    settings = DPSettings(clip_norm=c, noise_multiplier=sigma, expected_batch_size=expected)
+    dp = DPGradient(model, settings=settings, mode=ExecutionMode.NANOBATCH, seed=11)
+    dp.reset()  # nothing accumulated: the result is pure noise / (q N)
+    noise = flat(dp.result(step=5)) * expected
+    assert noise.size > 4000
+    ratio = noise.std() / (sigma * c)
+    # the sample std of n normals has relative sd ~ 1/sqrt(2n) ~ 0.011 here: 5 sd tolerance
+    assert abs(ratio - 1) < 0.055, ratio
+    assert abs(noise.mean()) < 5 * sigma * c / np.sqrt(noise.size)
+    again = flat(dp.result(step=5)) * expected
+    other = flat(dp.result(step=6)) * expected
+    np.testing.assert_array_equal(noise, again)  # a pure function of (seed, step)
+    assert np.corrcoef(noise, other)[0, 1] < 0.1  # fresh noise each step
+
+
+def test_nanobatch_and_vectorized_match_tensorflow_privacy_per_example_optimizer():
+    from tensorflow_privacy.privacy.optimizers.dp_optimizer_keras import DPKerasSGDOptimizer
+
+    rng = np.random.default_rng(3)
+    n, lr, c = 8, 0.5, 0.05
+    x = rng.random((n, 8, 8, 1), dtype=np.float32)
+    y = (rng.random(n) > 0.5).astype(np.float32)
+
+    ref_model = tiny_model(seed=4)
+    opt = DPKerasSGDOptimizer(
+        l2_norm_clip=c, noise_multiplier=0.0, num_microbatches=n, learning_rate=lr
+    )
+    bce = keras.losses.BinaryCrossentropy(from_logits=True, reduction="none")
+    with tf.GradientTape(persistent=True) as tape:
+        per_example = bce(y[:, None], ref_model(x, training=True))
+    opt.minimize(per_example, ref_model.trainable_variables, tape=tape)
+    want = flat(ref_model.trainable_variables)
+
+    for mode in MODES:
+        model = tiny_model(seed=4)
+        # slice units: k = 1 slice per unit, expected batch = n (tensorflow-privacy divides by n)
+        settings = DPSettings(clip_norm=c, noise_multiplier=0.0, expected_batch_size=float(n))
+        dp = dp_sum(
+            model,
+            settings,
+            mode,
+            (x[:, None], np.ones((n, 1), np.float32), y, np.ones(n, np.float32)),
+        )
+        keras.optimizers.SGD(learning_rate=lr).apply_gradients(
+            zip(dp.result(step=0), model.trainable_variables, strict=True)
+        )
+        np.testing.assert_allclose(flat(model.trainable_variables), want, rtol=1e-5, atol=1e-6)
+
+
+def test_group_clip_norms_square_sum_to_c_squared():
+    for proportional in (False, True):
+        norms = group_clip_norms([10, 300, 5], clip_norm=2.0, proportional=proportional)
+        assert sum(n * n for n in norms) == pytest.approx(4.0)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_per_layer_clipping_bounds_each_group_and_the_total(mode):
+    model = tiny_model()
+    x, mask, y, _ = unit_batch()
+    c = 0.02
+    settings = DPSettings(
+        clip_norm=c, noise_multiplier=0.0, expected_batch_size=1.0, clipping=ClippingMode.PER_LAYER
+    )
+    present = np.zeros(len(y), np.float32)
+    present[1] = 1.0
+    dp = dp_sum(model, settings, mode, (x, mask, y, present))
+    grads = dp.clipped_sum()
+    total = np.linalg.norm(flat(grads))
+    assert total <= c * (1 + 1e-5)
+    for members, cg in zip([m for m in _groups(dp)], dp.group_norms, strict=True):
+        gnorm = np.linalg.norm(np.concatenate([np.asarray(grads[i]).ravel() for i in members]))
+        assert gnorm <= cg * (1 + 1e-5)
+
+
+def _groups(dp: DPGradient) -> list[list[int]]:
+    out: dict[int, list[int]] = {}
+    for i, g in enumerate(dp._group_of_var):
+        out.setdefault(g, []).append(i)
+    return [out[g] for g in sorted(out)]
