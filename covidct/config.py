@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from covidct.train_config import TrainConfig
 from data_prep.errors import ConfigError
 from data_prep.pipeline import PrepConfig
 from data_prep.synth import SynthConfig
@@ -27,6 +28,7 @@ class Config:
 
     synth: SynthConfig = field(default_factory=SynthConfig)
     prepare: PrepConfig = field(default_factory=PrepConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 def _convert(value: Any, tp: Any, where: str) -> Any:

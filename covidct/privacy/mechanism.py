@@ -19,28 +19,19 @@ Two execution modes compute the same sums:
 
 from __future__ import annotations
 
-import enum
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from covidct.privacy.modes import ClippingMode, ExecutionMode
 from covidct.tfsetup import keras, tf
+
+__all__ = ["ClippingMode", "DPGradient", "DPSettings", "ExecutionMode", "group_clip_norms"]
 
 logger = logging.getLogger(__name__)
 
 # Keeps the clip factor finite for a zero gradient (C / (0 + eps) is then clipped to 1).
 _NORM_EPS = 1e-12
-
-
-class ExecutionMode(enum.Enum):
-    NANOBATCH = "nanobatch"
-    VECTORIZED = "vectorized"
-    AUTO = "auto"
-
-
-class ClippingMode(enum.Enum):
-    FLAT = "flat"
-    PER_LAYER = "per-layer"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,189 @@
+"""DP-SGD step throughput and peak memory: covidct's modes vs non-private vs tensorflow-privacy.
+
+Prints one JSON object. Every variant trains the same model on the same synthetic batch; each
+runs in its own child process (spawned by this script, one after another) so that its peak RSS
+is its own; examples/s are measured after a warm-up, over --seconds of steps.
+
+    .venv/bin/python benchmarks/bench_dp_step.py [--size 64 --batch 32 --seconds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+VARIANTS = [
+    "non_private",
+    "covidct_nanobatch",
+    "covidct_vectorized",
+    "covidct_auto",
+    "covidct_nanobatch_per_layer",
+    "tf_privacy_per_example",
+]
+
+
+def run_variant(name: str, size: int, batch: int, seconds: float, model_name: str) -> dict:
+    import numpy as np
+
+    from covidct.models import build_model
+    from covidct.privacy.mechanism import DPGradient, DPSettings
+    from covidct.privacy.modes import ClippingMode, ExecutionMode
+    from covidct.tfsetup import keras, tf
+    from covidct.train import resolve_execution
+
+    rng = np.random.default_rng(0)
+    x = rng.random((batch, size, size, 1), dtype=np.float32)
+    y = (rng.random(batch) > 0.5).astype(np.float32)
+    model = build_model(model_name, input_size=size, seed=0)
+    opt = keras.optimizers.SGD(learning_rate=0.01)
+    bce = keras.losses.BinaryCrossentropy(from_logits=True)
+
+    if name == "non_private":
+
+        @tf.function
+        def step() -> None:
+            with tf.GradientTape() as tape:
+                loss = bce(y[:, None], model(x, training=True))
+            grads = tape.gradient(loss, model.trainable_variables)
+            opt.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+
+        run = step
+    elif name == "tf_privacy_per_example":
+        from tensorflow_privacy.privacy.optimizers.dp_optimizer_keras import DPKerasSGDOptimizer
+
+        dp_opt = DPKerasSGDOptimizer(
+            l2_norm_clip=1.0, noise_multiplier=1.0, num_microbatches=batch, learning_rate=0.01
+        )
+        per_ex = keras.losses.BinaryCrossentropy(from_logits=True, reduction="none")
+
+        def run() -> None:
+            with tf.GradientTape(persistent=True) as tape:
+                loss = per_ex(y[:, None], model(x, training=True))
+            dp_opt.minimize(loss, model.trainable_variables, tape=tape)
+
+    else:
+        mode = {
+            "covidct_nanobatch": ExecutionMode.NANOBATCH,
+            "covidct_nanobatch_per_layer": ExecutionMode.NANOBATCH,
+            "covidct_vectorized": ExecutionMode.VECTORIZED,
+            "covidct_auto": resolve_execution(ExecutionMode.AUTO, "cpu"),
+        }[name]
+        clipping = ClippingMode.PER_LAYER if "per_layer" in name else ClippingMode.FLAT
+        dp = DPGradient(
+            model,
+            settings=DPSettings(
+                clip_norm=1.0, noise_multiplier=1.0, expected_batch_size=batch, clipping=clipping
+            ),
+            mode=mode,
+            seed=0,
+        )
+        chunk = min(batch, 32)
+        ux = x[:, None]  # slice units: one slice each
+        mask = np.ones((batch, 1), np.float32)
+        present = np.ones(batch, np.float32)
+        counter = [0]
+
+        def run() -> None:
+            dp.reset()
+            for s in range(0, batch, chunk):
+                dp.accumulate(
+                    ux[s : s + chunk], mask[s : s + chunk], y[s : s + chunk], present[s : s + chunk]
+                )
+            grads = dp.result(step=counter[0])
+            counter[0] += 1
+            opt.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+
+    for _ in range(3):  # trace and warm up
+        run()
+    steps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds or steps < 3:
+        run()
+        steps += 1
+    elapsed = time.perf_counter() - t0
+    return {
+        "examples_per_s": round(steps * batch / elapsed, 1),
+        "steps": steps,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "params": int(sum(int(np.prod(v.shape)) for v in model.trainable_variables)),
+    }
+
+
+def child(args: argparse.Namespace, name: str, batch: int) -> dict:
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        name,
+        "--size",
+        str(args.size),
+        "--batch",
+        str(batch),
+        "--seconds",
+        str(args.seconds),
+        "--model",
+        args.model,
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr else "failed"}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--seconds", type=float, default=15.0)
+    ap.add_argument("--model", default="gn_cnn_small")
+    ap.add_argument("--child")
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(run_variant(args.child, args.size, args.batch, args.seconds, args.model)))
+        return
+    results = {name: child(args, name, args.batch) for name in VARIANTS}
+    base = results["non_private"].get("examples_per_s")
+    tfp = results["tf_privacy_per_example"].get("examples_per_s")
+    ratios = {}
+    for name, r in results.items():
+        if "examples_per_s" in r and base:
+            ratios[name] = round(r["examples_per_s"] / base, 3)
+    big = child(args, "covidct_nanobatch", 512)
+    small_mem = results["covidct_nanobatch"].get("peak_rss_mb")
+    print(
+        json.dumps(
+            {
+                "benchmark": "dp_step",
+                "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+                "model": args.model,
+                "input": [args.size, args.size, 1],
+                "batch": args.batch,
+                "units": "slice (one example per unit), as tensorflow-privacy per-example",
+                "variants": results,
+                "ratio_to_non_private": ratios,
+                "covidct_auto_vs_tf_privacy": round(
+                    results["covidct_auto"]["examples_per_s"] / tfp, 1
+                )
+                if tfp and "examples_per_s" in results["covidct_auto"]
+                else None,
+                "nanobatch_peak_rss_mb": {
+                    "logical_batch_32": small_mem,
+                    "logical_batch_512": big.get("peak_rss_mb"),
+                },
+                "nanobatch_memory_512_vs_32": round(big["peak_rss_mb"] / small_mem, 3)
+                if small_mem and "peak_rss_mb" in big
+                else None,
+                "note": "each variant in its own child process (own peak RSS); chunks of 32 units",
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

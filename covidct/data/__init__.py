@@ -1,0 +1,1 @@
+"""Prepared data -> privacy units, Poisson sampling, and batches for the DP step."""

@@ -1,0 +1,192 @@
+"""Privacy units over a prepared dataset, and the samplers that choose them each step.
+
+A unit is a patient (default) or a single slice.  Slices are read lazily from the per-volume
+uint8 shards (memory-mapped), so a 50,000-slice dataset is never loaded whole.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from data_prep.errors import CovidCTError
+from data_prep.manifest import read_manifest
+
+
+class PrivacyUnit(enum.Enum):
+    PATIENT = "patient"
+    SLICE = "slice"
+
+
+class DataError(CovidCTError):
+    """The prepared dataset is missing, incomplete or unusable for training."""
+
+
+class SliceStore:
+    """Reads slices from ``PREP/slices/*.npy`` through a small cache of memory maps."""
+
+    def __init__(self, prep: Path, *, max_open: int = 256) -> None:
+        self.prep = prep
+        self.max_open = max_open
+        self._open: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def array(self, file: str) -> np.ndarray:
+        arr = self._open.get(file)
+        if arr is None:
+            path = self.prep / file
+            try:
+                arr = np.load(path, mmap_mode="r")
+            except (OSError, ValueError) as exc:
+                raise DataError(f"cannot read {path}: {exc}; re-run covidct prepare") from exc
+            self._open[file] = arr
+            if len(self._open) > self.max_open:
+                self._open.popitem(last=False)
+        else:
+            self._open.move_to_end(file)
+        return arr
+
+    def get(self, file: str, index: int) -> np.ndarray:
+        return np.asarray(self.array(file)[index])
+
+
+@dataclass
+class Units:
+    """The privacy units of one split.
+
+    Attributes:
+        ids: unit ids (patient pseudonyms, or patient/volume/index for slice units).
+        patients: the patient of each unit (for slice units, many units share one).
+        labels: (n_units,) 0/1.
+        slices: per unit, its (file, index) slice references.
+    """
+
+    ids: list[str]
+    patients: list[str]
+    labels: np.ndarray
+    slices: list[list[tuple[str, int]]]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def image_size(prep: Path) -> int:
+    """Slice size recorded by ``covidct prepare``."""
+    try:
+        meta = json.loads((prep / "dataset.json").read_text())
+        return int(meta["slices"]["image_size"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataError(
+            f"{prep} is not a prepared dataset (dataset.json unreadable: {exc}); "
+            "run covidct prepare first"
+        ) from exc
+
+
+def load_units(prep: Path, split: str, unit: PrivacyUnit) -> Units:
+    """Group a split's slices into privacy units, in a stable order.
+
+    Args:
+        prep: the PREP folder.
+        split: train, validation or test.
+        unit: patient or slice.
+    """
+    manifest = prep / "manifest.csv"
+    if not manifest.exists():
+        raise DataError(f"{manifest} not found: run covidct prepare first")
+    rows = [r for r in read_manifest(manifest) if r.split == split]
+    by_patient: dict[str, list[tuple[str, int]]] = {}
+    label_of: dict[str, int] = {}
+    for r in rows:
+        by_patient.setdefault(r.patient_id, []).append((r.file, r.index))
+        label_of[r.patient_id] = r.label
+    ids: list[str] = []
+    patients: list[str] = []
+    labels: list[int] = []
+    slices: list[list[tuple[str, int]]] = []
+    for pid in sorted(by_patient):
+        if unit is PrivacyUnit.PATIENT:
+            ids.append(pid)
+            patients.append(pid)
+            labels.append(label_of[pid])
+            slices.append(by_patient[pid])
+        else:
+            for ref in by_patient[pid]:
+                ids.append(f"{pid}/{ref[0]}/{ref[1]}")
+                patients.append(pid)
+                labels.append(label_of[pid])
+                slices.append([ref])
+    return Units(ids=ids, patients=patients, labels=np.asarray(labels, np.float32), slices=slices)
+
+
+class PoissonSampler:
+    """Each unit joins each step's batch independently with probability q.
+
+    The draw of step t is a pure function of (seed, t), so a resumed run continues the exact
+    sequence it would have produced (and the accountant's Poisson assumption holds).
+    """
+
+    def __init__(self, n_units: int, *, sampling_rate: float, seed: int) -> None:
+        if not 0 < sampling_rate <= 1:
+            raise ValueError(f"sampling rate must be in (0, 1], got {sampling_rate}")
+        self.n_units = n_units
+        self.q = sampling_rate
+        self.seed = seed
+
+    def sample(self, step: int) -> np.ndarray:
+        rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(step,)))
+        return np.flatnonzero(rng.random(self.n_units) < self.q)
+
+
+class ShuffledSampler:
+    """Fixed-size batches from a fresh permutation each epoch (no Poisson guarantee)."""
+
+    def __init__(self, n_units: int, *, batch_size: int, seed: int) -> None:
+        self.n_units = n_units
+        self.batch_size = batch_size
+        self.seed = seed
+        self.steps_per_epoch = max(1, n_units // batch_size)
+
+    def sample(self, step: int) -> np.ndarray:
+        epoch, i = divmod(step, self.steps_per_epoch)
+        rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(epoch,)))
+        perm = rng.permutation(self.n_units)
+        return np.sort(perm[i * self.batch_size : (i + 1) * self.batch_size])
+
+
+def unit_chunks(
+    units: Units,
+    chosen: np.ndarray,
+    store: SliceStore,
+    *,
+    k: int,
+    chunk: int,
+    rng: np.random.Generator,
+):
+    """Yield fixed-shape arrays (x, mask, y, present) covering the chosen units.
+
+    x is (chunk, k, H, W, 1) float32 in [0, 1].  A unit with more than k slices contributes a
+    random subset of k (fresh each time it is sampled); fewer than k are masked.  The last chunk is
+    padded with ``present = 0`` units so every call has the same shape (no retracing).
+    """
+    size = store.array(units.slices[0][0][0]).shape[-1] if len(units) else 0
+    for start in range(0, len(chosen), chunk):
+        part = chosen[start : start + chunk]
+        x = np.zeros((chunk, k, size, size, 1), np.float32)
+        mask = np.zeros((chunk, k), np.float32)
+        y = np.zeros(chunk, np.float32)
+        present = np.zeros(chunk, np.float32)
+        for j, u in enumerate(part):
+            refs = units.slices[int(u)]
+            if len(refs) > k:
+                refs = [refs[i] for i in np.sort(rng.choice(len(refs), size=k, replace=False))]
+            for s, (file, index) in enumerate(refs):
+                x[j, s, :, :, 0] = store.get(file, index)
+                mask[j, s] = 1.0
+            y[j] = units.labels[int(u)]
+            present[j] = 1.0
+        x /= 255.0
+        yield x, mask, y, present

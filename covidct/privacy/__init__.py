@@ -1,0 +1,1 @@
+"""Differential privacy: accounting, the DP-SGD mechanism, reports, ledger and audit."""

@@ -1,0 +1,16 @@
+"""Enums of the DP step, importable without TensorFlow (configs are loaded before any TF import)."""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExecutionMode(enum.Enum):
+    NANOBATCH = "nanobatch"  # physical batch of one unit, gradient accumulation (the paper's)
+    VECTORIZED = "vectorized"  # per-unit gradients of a chunk at once (tf.vectorized_map)
+    AUTO = "auto"  # the faster of the two on the chosen device
+
+
+class ClippingMode(enum.Enum):
+    FLAT = "flat"  # one L2 norm over all parameters
+    PER_LAYER = "per-layer"  # one norm per parameter group, sum of C_g^2 = C^2

@@ -1,0 +1,429 @@
+"""``covidct train``: NanoBatch DP-SGD on a prepared dataset, writing a complete run folder.
+
+Privacy arithmetic (delta, q, steps, sigma) is settled and validated before TensorFlow builds
+anything, so an unsatisfiable request fails in a second with a clear message.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from covidct.data.units import (
+    DataError,
+    PoissonSampler,
+    PrivacyUnit,
+    ShuffledSampler,
+    SliceStore,
+    Units,
+    image_size,
+    load_units,
+    unit_chunks,
+)
+from covidct.evaluate import Predictions, auc_or_nan, split_metrics
+from covidct.privacy import accounting
+from covidct.privacy.accounting import Sampling
+from covidct.privacy.modes import ExecutionMode
+from covidct.runs import create_run_dir, new_run_id, write_json, write_yaml
+from covidct.train_config import OptimizerName, TrainConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PrivacyPlan:
+    """The privacy numbers of a run, fixed before training starts."""
+
+    dp: bool
+    target_epsilon: float
+    n_units: int
+    sampling_rate: float
+    expected_batch_size: float
+    steps_per_epoch: int
+    steps: int
+    delta: float
+    noise_multiplier: float
+    clip_norm: float | None
+
+
+def plan_privacy(*, n_units: int, config: TrainConfig, target_epsilon: float) -> PrivacyPlan:
+    """Sampling rate, steps, delta and the calibrated noise multiplier for this request.
+
+    Raises:
+        PrivacyRequestError: epsilon <= 0, delta >= 1/N, batch larger than N, too few units, or
+            an epsilon that needs absurd noise.
+    """
+    dp = math.isfinite(target_epsilon)
+    q = min(1.0, config.batch_size / max(n_units, 1))
+    steps_per_epoch = max(1, round(1.0 / q))
+    steps = config.epochs * steps_per_epoch
+    delta = config.delta or accounting.default_delta(n_units)
+    accounting.validate_request(
+        target_epsilon=target_epsilon if dp else None,
+        delta=delta,
+        n_units=n_units,
+        expected_batch_size=config.batch_size,
+        steps=steps,
+    )
+    sigma = 0.0
+    if dp:
+        sigma = accounting.calibrate_noise(
+            target_epsilon=target_epsilon,
+            sampling_rate=q,
+            steps=steps,
+            delta=delta,
+            accountant=config.accountant,
+        )
+        accounting.check_noise_is_usable(
+            sigma,
+            target_epsilon=target_epsilon,
+            sampling_rate=q,
+            epochs=config.epochs,
+            n_units=n_units,
+        )
+    return PrivacyPlan(
+        dp=dp,
+        target_epsilon=target_epsilon,
+        n_units=n_units,
+        sampling_rate=q,
+        expected_batch_size=q * n_units,
+        steps_per_epoch=steps_per_epoch,
+        steps=steps,
+        delta=delta,
+        noise_multiplier=sigma,
+        clip_norm=config.clip_norm if dp else None,
+    )
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    privacy: Any  # covidct.privacy.report.PrivacyReport
+    metrics: dict[str, Any]
+    device: str
+    execution: str
+    seconds: float
+
+
+def resolve_execution(mode: ExecutionMode, device_kind: str) -> ExecutionMode:
+    """AUTO: nanobatch on the IPU (what the paper measured fastest there), else vectorized
+    (faster per example on CPU in benchmarks/bench_dp_step.py)."""
+    if mode is not ExecutionMode.AUTO:
+        return mode
+    return ExecutionMode.NANOBATCH if device_kind == "ipu" else ExecutionMode.VECTORIZED
+
+
+def train(
+    prep: Path,
+    *,
+    config: TrainConfig,
+    target_epsilon: float,
+    runs_dir: Path,
+    run_id: str | None = None,
+    resolved_config: dict[str, Any] | None = None,
+    progress: bool = False,
+    on_event: Callable[[str], None] | None = None,
+) -> RunResult:
+    """Train a classifier with patient-level (or slice-level) DP and write ``runs/<run_id>/``.
+
+    Args:
+        prep: the prepared dataset.
+        config: training settings.
+        target_epsilon: the privacy budget; ``math.inf`` trains the same model without DP.
+        runs_dir: where run folders go.
+        run_id: the run folder's name (default: time, epsilon and a random suffix).
+        resolved_config: the whole resolved config, saved with the run.
+        progress: show a progress bar.
+        on_event: receives one-line messages for the user (device choice, plan).
+    """
+    say = on_event or (lambda msg: logger.info(msg))
+    t0 = time.perf_counter()
+    train_units = load_units(prep, "train", config.privacy_unit)
+    val = load_units(prep, "validation", PrivacyUnit.PATIENT)
+    test = load_units(prep, "test", PrivacyUnit.PATIENT)
+    for name, units in (("train", train_units), ("validation", val), ("test", test)):
+        if len(units) == 0:
+            raise DataError(f"the {name} split of {prep} is empty: prepare more patients")
+    plan = plan_privacy(n_units=len(train_units), config=config, target_epsilon=target_epsilon)
+    say(_describe_plan(plan, config))
+
+    # TensorFlow only from here on
+    from covidct.devices import choose_device
+    from covidct.models import build_model, validate_model
+    from covidct.privacy.mechanism import DPGradient, DPSettings
+    from covidct.privacy.report import build_report, write_report
+    from covidct.tfsetup import keras
+
+    device = choose_device(prefer=config.device)
+    execution = resolve_execution(config.execution, device.kind)
+    say(f"device {device.describe()}; execution mode {execution.value}")
+    run = create_run_dir(runs_dir, run_id or new_run_id(target_epsilon))
+    if resolved_config is not None:
+        write_yaml(run, "config.yaml", resolved_config)
+
+    size = image_size(prep)
+    store = SliceStore(prep)
+    with device.strategy.scope():
+        model = build_model(config.model, input_size=size, seed=config.seed)
+        validate_model(model)
+        if config.initial_weights:
+            _load_initial_weights(model, Path(config.initial_weights))
+        optimizer = _optimizer(config, keras)
+        dp = DPGradient(
+            model,
+            settings=DPSettings(
+                clip_norm=plan.clip_norm,
+                noise_multiplier=plan.noise_multiplier,
+                expected_batch_size=plan.expected_batch_size,
+                clipping=config.clipping,
+            ),
+            mode=execution,
+            seed=config.seed,
+        )
+    sampler: PoissonSampler | ShuffledSampler
+    if config.sampling is Sampling.POISSON:
+        sampler = PoissonSampler(
+            len(train_units), sampling_rate=plan.sampling_rate, seed=config.seed
+        )
+    else:
+        sampler = ShuffledSampler(len(train_units), batch_size=config.batch_size, seed=config.seed)
+    eps_per_epoch = _epsilons(plan, config)
+    rng = np.random.default_rng(np.random.SeedSequence(config.seed, spawn_key=(7,)))
+
+    history: list[dict[str, Any]] = []
+    best_auc, best_weights, bad_epochs, steps_taken = -1.0, model.get_weights(), 0, 0
+    bar = _bar(plan.steps, progress)
+    for epoch in range(config.epochs):
+        loss_sum, loss_n = 0.0, 0
+        for i in range(plan.steps_per_epoch):
+            step = epoch * plan.steps_per_epoch + i
+            chosen = sampler.sample(step)
+            dp.reset()
+            for chunk in unit_chunks(
+                train_units,
+                chosen,
+                store,
+                k=config.max_slices_per_unit,
+                chunk=config.chunk_units,
+                rng=rng,
+            ):
+                dp.accumulate(*chunk)
+            grads = dp.result(step=step)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+            steps_taken += 1
+            if dp.units_in_batch:
+                loss_sum += dp.mean_unit_loss
+                loss_n += 1
+            if bar is not None:
+                bar.update(1)
+                # the training loss is computed on private data without noise: console only,
+                # never written to the run (it is not covered by the guarantee)
+                bar.set_postfix(
+                    loss=f"{loss_sum / max(loss_n, 1):.3f}",
+                    eps=f"{eps_per_epoch[epoch - 1] if epoch else 0.0:.2f}",
+                )
+        val_pred = predict(model, val, store)
+        _, v_labels, v_scores = val_pred.by_patient(config.patient_score)
+        val_auc = auc_or_nan(v_labels, v_scores)
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "steps": steps_taken,
+                "epsilon": eps_per_epoch[epoch],
+                "validation_patient_auc": val_auc,
+            }
+        )
+        _checkpoint(model, run)
+        say(
+            f"epoch {epoch + 1}/{config.epochs}: epsilon spent {eps_per_epoch[epoch]:.3f}, "
+            f"validation patient AUC {val_auc:.3f}"
+        )
+        if not (val_auc <= best_auc):  # NaN-safe: a NaN AUC never counts as an improvement
+            best_auc, best_weights, bad_epochs = val_auc, model.get_weights(), 0
+        else:
+            bad_epochs += 1
+            if config.early_stopping_patience and bad_epochs >= config.early_stopping_patience:
+                say(f"early stop after epoch {epoch + 1}: no validation improvement")
+                break
+    if bar is not None:
+        bar.close()
+    model.set_weights(best_weights)
+
+    val_pred = predict(model, val, store)
+    test_pred = predict(model, test, store)
+    metrics = split_metrics(test_pred, val_pred, config.patient_score)
+    metrics["validation_patient_auc_best"] = best_auc
+    _save_model(model, run)
+
+    epochs_done = len(history)
+    passes = steps_taken * plan.sampling_rate  # expected passes over the data: steps * q
+    epsilon = (
+        accounting.compute_epsilon(
+            noise_multiplier=plan.noise_multiplier,
+            sampling_rate=plan.sampling_rate,
+            steps=steps_taken,
+            delta=plan.delta,
+            accountant=config.accountant,
+        )
+        if plan.dp
+        else math.inf
+    )
+    report = build_report(
+        dp=plan.dp,
+        target_epsilon=plan.target_epsilon if plan.dp else None,
+        epsilon=epsilon,
+        delta=plan.delta,
+        noise_multiplier=plan.noise_multiplier,
+        sampling_rate=plan.sampling_rate,
+        expected_batch_size=plan.expected_batch_size,
+        steps=steps_taken,
+        epochs=passes,
+        clip_norm=config.clip_norm if plan.dp else 0.0,
+        privacy_unit=config.privacy_unit.value,
+        # for slice units the report's group-privacy note needs the most slices of one patient
+        max_slices_per_unit=config.max_slices_per_unit
+        if config.privacy_unit is PrivacyUnit.PATIENT
+        else _max_units_per_patient(train_units),
+        n_units=plan.n_units,
+        accountant=config.accountant,
+        sampling=config.sampling,
+        epsilon_per_epoch=eps_per_epoch[:epochs_done],
+        tf_privacy_statement=(
+            accounting.tf_privacy_statement(
+                n_units=plan.n_units,
+                expected_batch_size=plan.expected_batch_size,
+                epochs=passes,
+                noise_multiplier=plan.noise_multiplier,
+                delta=plan.delta,
+                sampling=config.sampling,
+                max_examples_per_user=_max_units_per_patient(train_units)
+                if config.privacy_unit is PrivacyUnit.SLICE
+                else None,
+            )
+            if plan.dp
+            else "not applicable: trained without differential privacy"
+        ),
+    )
+    write_report(report, run)
+    write_json(run, "metrics.json", metrics)
+    write_json(run, "history.json", history)
+    seconds = time.perf_counter() - t0
+    write_json(
+        run,
+        "run.json",
+        {
+            "prep": os.path.abspath(prep),
+            "device": device.describe(),
+            "execution": execution.value,
+            "model": config.model,
+            "image_size": size,
+            "seconds": round(seconds, 1),
+            "steps": steps_taken,
+        },
+    )
+    return RunResult(run, report, metrics, device.describe(), execution.value, seconds)
+
+
+def predict(model: Any, units: Units, store: SliceStore, *, batch: int = 256) -> Predictions:
+    """Slice probabilities for every slice of ``units`` (inference mode)."""
+    refs = [
+        (units.patients[u], units.labels[u], ref)
+        for u in range(len(units))
+        for ref in units.slices[u]
+    ]
+    probs = np.empty(len(refs), np.float32)
+    for start in range(0, len(refs), batch):
+        part = refs[start : start + batch]
+        x = (
+            np.stack([store.get(f, i) for _, _, (f, i) in part]).astype(np.float32)[..., None]
+            / 255.0
+        )
+        logits = model(x, training=False).numpy()[:, 0]
+        probs[start : start + len(part)] = 1.0 / (1.0 + np.exp(-logits))
+    return Predictions(
+        patients=[p for p, _, _ in refs],
+        labels=np.array([lab for _, lab, _ in refs], np.float32),
+        probs=probs,
+    )
+
+
+def _max_units_per_patient(units: Units) -> int:
+    counts: dict[str, int] = {}
+    for p in units.patients:
+        counts[p] = counts.get(p, 0) + 1
+    return max(counts.values())
+
+
+def _epsilons(plan: PrivacyPlan, config: TrainConfig) -> list[float]:
+    if not plan.dp:
+        return [math.inf] * config.epochs
+    return accounting.epsilon_per_epoch(
+        noise_multiplier=plan.noise_multiplier,
+        sampling_rate=plan.sampling_rate,
+        steps_per_epoch=plan.steps_per_epoch,
+        epochs=config.epochs,
+        delta=plan.delta,
+        accountant=config.accountant,
+    )
+
+
+def _describe_plan(plan: PrivacyPlan, config: TrainConfig) -> str:
+    unit = config.privacy_unit.value
+    if not plan.dp:
+        return (
+            f"NO differential privacy (baseline): {plan.n_units} {unit} units, "
+            f"batch ~{plan.expected_batch_size:.0f}, {plan.steps} steps"
+        )
+    return (
+        f"target epsilon {plan.target_epsilon:g} at delta {plan.delta:.0e} for each {unit}: "
+        f"{plan.n_units} units, q={plan.sampling_rate:.4f} ({config.sampling.value}), "
+        f"{plan.steps} steps, noise multiplier {plan.noise_multiplier:.3f}, "
+        f"clip {config.clip_norm:g}"
+    )
+
+
+def _optimizer(config: TrainConfig, keras: Any) -> Any:
+    if config.optimizer is OptimizerName.ADAM:
+        return keras.optimizers.Adam(learning_rate=config.learning_rate)
+    momentum = config.momentum if config.optimizer is OptimizerName.MOMENTUM else 0.0
+    return keras.optimizers.SGD(learning_rate=config.learning_rate, momentum=momentum)
+
+
+def _load_initial_weights(model: Any, path: Path) -> None:
+    if not path.exists():
+        raise DataError(f"initial weights {path} not found")
+    try:
+        model.load_weights(str(path))
+    except (OSError, ValueError) as exc:
+        raise DataError(
+            f"cannot load initial weights from {path} into {model.name}: {exc} "
+            "(the file must come from the same architecture and input size)"
+        ) from exc
+
+
+def _checkpoint(model: Any, run: Path) -> None:
+    tmp = run / "checkpoints" / "last.tmp.h5"
+    model.save_weights(str(tmp))
+    os.replace(tmp, run / "checkpoints" / "last.h5")
+
+
+def _save_model(model: Any, run: Path) -> None:
+    tmp = run / "model.tmp.keras"
+    model.save(str(tmp))
+    os.replace(tmp, run / "model.keras")
+
+
+def _bar(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="training", unit="step")

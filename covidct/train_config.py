@@ -1,0 +1,66 @@
+"""Training settings (the ``train:`` section of a config). No TensorFlow import here."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from covidct.data.units import PrivacyUnit
+from covidct.evaluate import PatientScore
+from covidct.privacy.accounting import Accountant, Sampling
+from covidct.privacy.modes import ClippingMode, ExecutionMode
+
+
+class OptimizerName(enum.Enum):
+    SGD = "sgd"
+    MOMENTUM = "momentum"
+    ADAM = "adam"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How ``covidct train`` trains.
+
+    Attributes:
+        model: registry name (see covidct.models.available_models()).
+        epochs: passes over the training units (an epoch = 1/q steps).
+        batch_size: EXPECTED number of units per step (q = batch_size / N under Poisson).
+        max_slices_per_unit: k, slices a patient contributes per step (a random subset).
+        clip_norm: C, the L2 bound on one unit's gradient.
+        clipping: flat, or per-layer (sum of C_l^2 = C^2).
+        optimizer: sgd, momentum or adam (applied to the noisy averaged gradient).
+        learning_rate: step size.
+        momentum: for momentum SGD.
+        privacy_unit: patient (default) or slice.
+        sampling: poisson (default, what the accountant assumes) or shuffled.
+        accountant: rdp (default) or pld.
+        delta: 0 picks the default rule (below 1/N, stated in the report).
+        execution: nanobatch, vectorized, or auto.
+        chunk_units: units per graph call (memory is bounded by this, not the batch size).
+        patient_score: how slice probabilities become a patient probability.
+        early_stopping_patience: epochs without validation improvement before stopping (0=off).
+        initial_weights: optional weights file (.h5 / .keras) for public pretraining.
+        device: auto, cpu, gpu or ipu.
+        seed: seeds initialisation, sampling and noise.
+    """
+
+    model: str = "gn_cnn_small"
+    epochs: int = 10
+    batch_size: int = 64
+    max_slices_per_unit: int = 8
+    clip_norm: float = 1.0
+    clipping: ClippingMode = ClippingMode.FLAT
+    optimizer: OptimizerName = OptimizerName.MOMENTUM
+    learning_rate: float = 0.1
+    momentum: float = 0.9
+    privacy_unit: PrivacyUnit = PrivacyUnit.PATIENT
+    sampling: Sampling = Sampling.POISSON
+    accountant: Accountant = Accountant.RDP
+    delta: float = 0.0
+    execution: ExecutionMode = ExecutionMode.AUTO
+    chunk_units: int = 16
+    patient_score: PatientScore = PatientScore.MEAN
+    early_stopping_patience: int = 0
+    initial_weights: str = ""
+    device: str = "auto"
+    seed: int = 0

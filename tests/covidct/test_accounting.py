@@ -1,0 +1,303 @@
+"""Privacy accounting: independent dp_accounting checks, STACK.md reference figures, calibration."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+import subprocess
+import sys
+
+import dp_accounting
+import pytest
+from dp_accounting import pld, rdp
+
+from covidct.privacy.accounting import (
+    MIN_UNITS,
+    Accountant,
+    PrivacyRequestError,
+    Sampling,
+    calibrate_noise,
+    check_noise_is_usable,
+    compute_epsilon,
+    default_delta,
+    dp_event,
+    epsilon_per_epoch,
+    sampling_assumption,
+    tf_privacy_statement,
+    validate_request,
+)
+
+# The reference run of STACK.md: N = 2000, batch 64 (q = 0.032), 20 epochs = 625 steps.
+N, Q, STEPS, SIGMA, DELTA = 2000, 0.032, 625, 1.1, 1e-5
+
+
+def _independent_epsilon(accountant: dp_accounting.PrivacyAccountant) -> float:
+    step = dp_accounting.PoissonSampledDpEvent(Q, dp_accounting.GaussianDpEvent(SIGMA))
+    return float(accountant.compose(step, count=STEPS).get_epsilon(DELTA))
+
+
+@pytest.mark.parametrize(
+    ("accountant", "independent", "reference"),
+    [
+        (Accountant.RDP, rdp.RdpAccountant, 4.745),
+        (Accountant.PLD, pld.PLDAccountant, 4.296),
+    ],
+)
+def test_epsilon_matches_independent_dp_accounting_and_stack_reference(
+    accountant: Accountant, independent: type, reference: float
+) -> None:
+    eps = compute_epsilon(
+        noise_multiplier=SIGMA, sampling_rate=Q, steps=STEPS, delta=DELTA, accountant=accountant
+    )
+    assert eps == pytest.approx(_independent_epsilon(independent()), rel=1e-9)
+    assert eps == pytest.approx(reference, abs=1e-3)
+
+
+def test_dp_event_is_the_self_composed_poisson_sampled_gaussian() -> None:
+    event = dp_event(noise_multiplier=SIGMA, sampling_rate=Q, steps=STEPS)
+    assert event == dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(Q, dp_accounting.GaussianDpEvent(SIGMA)), STEPS
+    )
+    assert isinstance(
+        dp_event(noise_multiplier=SIGMA, sampling_rate=Q, steps=0), dp_accounting.NoOpDpEvent
+    )
+
+
+def test_epsilon_is_zero_without_steps_and_infinite_without_noise() -> None:
+    assert compute_epsilon(noise_multiplier=SIGMA, sampling_rate=Q, steps=0, delta=DELTA) == 0.0
+    assert compute_epsilon(noise_multiplier=0.0, sampling_rate=Q, steps=10, delta=DELTA) == math.inf
+
+
+def test_epsilon_rejects_out_of_range_parameters() -> None:
+    with pytest.raises(PrivacyRequestError, match="sampling rate"):
+        compute_epsilon(noise_multiplier=1.0, sampling_rate=1.5, steps=10, delta=DELTA)
+    with pytest.raises(PrivacyRequestError, match="noise multiplier"):
+        compute_epsilon(noise_multiplier=-1.0, sampling_rate=Q, steps=10, delta=DELTA)
+    with pytest.raises(PrivacyRequestError, match="delta"):
+        compute_epsilon(noise_multiplier=1.0, sampling_rate=Q, steps=10, delta=0.0)
+
+
+def test_epsilon_per_epoch_increases_and_ends_at_the_total() -> None:
+    per_epoch = epsilon_per_epoch(
+        noise_multiplier=SIGMA, sampling_rate=Q, steps_per_epoch=125, epochs=5, delta=DELTA
+    )
+    assert len(per_epoch) == 5
+    assert all(a < b for a, b in itertools.pairwise(per_epoch))
+    total = compute_epsilon(noise_multiplier=SIGMA, sampling_rate=Q, steps=STEPS, delta=DELTA)
+    assert per_epoch[-1] == pytest.approx(total, rel=1e-9)
+
+
+def test_pld_epsilon_per_epoch_ends_at_the_total() -> None:
+    per_epoch = epsilon_per_epoch(
+        noise_multiplier=2.0,
+        sampling_rate=0.05,
+        steps_per_epoch=20,
+        epochs=3,
+        delta=1e-5,
+        accountant=Accountant.PLD,
+    )
+    total = compute_epsilon(
+        noise_multiplier=2.0, sampling_rate=0.05, steps=60, delta=1e-5, accountant=Accountant.PLD
+    )
+    assert per_epoch[0] < per_epoch[1] < per_epoch[2]
+    assert per_epoch[-1] == pytest.approx(total, rel=1e-3)
+
+
+@pytest.mark.parametrize(("target", "reference"), [(1.0, 3.39), (3.0, 1.45), (8.0, 0.86)])
+def test_calibrated_sigma_meets_target_tightly_and_matches_stack(
+    target: float, reference: float
+) -> None:
+    sigma = calibrate_noise(target_epsilon=target, sampling_rate=Q, steps=STEPS, delta=DELTA)
+    assert sigma == pytest.approx(reference, abs=0.006)
+    eps = compute_epsilon(noise_multiplier=sigma, sampling_rate=Q, steps=STEPS, delta=DELTA)
+    assert eps <= target
+    # Tight: 2 % less noise already spends more than the target.
+    less = compute_epsilon(noise_multiplier=sigma * 0.98, sampling_rate=Q, steps=STEPS, delta=DELTA)
+    assert less > target
+
+
+@pytest.mark.parametrize(
+    ("target", "q", "steps", "delta"),
+    [(0.5, 0.1, 50, 1e-4), (2.0, 0.01, 2000, 1e-6), (10.0, 1.0, 3, 1e-3)],
+)
+def test_calibrated_sigma_never_exceeds_target_across_regimes(
+    target: float, q: float, steps: int, delta: float
+) -> None:
+    sigma = calibrate_noise(target_epsilon=target, sampling_rate=q, steps=steps, delta=delta)
+    assert compute_epsilon(noise_multiplier=sigma, sampling_rate=q, steps=steps, delta=delta) <= (
+        target
+    )
+    assert (
+        compute_epsilon(noise_multiplier=sigma * 0.98, sampling_rate=q, steps=steps, delta=delta)
+        > target
+    )
+
+
+def test_pld_calibration_meets_target_and_matches_stack() -> None:
+    sigma = calibrate_noise(
+        target_epsilon=1.0, sampling_rate=Q, steps=STEPS, delta=DELTA, accountant=Accountant.PLD
+    )
+    assert sigma == pytest.approx(3.13, abs=0.006)
+    eps = compute_epsilon(
+        noise_multiplier=sigma, sampling_rate=Q, steps=STEPS, delta=DELTA, accountant=Accountant.PLD
+    )
+    assert eps <= 1.0
+
+
+def test_calibration_reports_an_unreachable_target() -> None:
+    # No subsampling and 1000 steps: epsilon 0.01 needs sigma of about 1.5e4.
+    with pytest.raises(PrivacyRequestError, match="unreachable"):
+        calibrate_noise(target_epsilon=0.01, sampling_rate=1.0, steps=1000, delta=1e-5)
+
+
+def test_calibration_rejects_nonpositive_target() -> None:
+    with pytest.raises(PrivacyRequestError, match="target epsilon"):
+        calibrate_noise(target_epsilon=0.0, sampling_rate=Q, steps=STEPS, delta=DELTA)
+
+
+def _poisson_line_epsilon(statement: str) -> float:
+    match = re.search(r"Epsilon assuming Poisson sampling \(\*\):\s+([0-9.]+)", statement)
+    assert match, statement
+    return float(match.group(1))
+
+
+def test_tf_privacy_statement_reports_the_same_rdp_epsilon_without_microbatching() -> None:
+    statement = tf_privacy_statement(
+        n_units=N,
+        expected_batch_size=Q * N,
+        epochs=STEPS * Q,  # 20.000000000000004 in floats: must still mean 625 steps
+        noise_multiplier=SIGMA,
+        delta=DELTA,
+        sampling=Sampling.POISSON,
+    )
+    ours = compute_epsilon(noise_multiplier=SIGMA, sampling_rate=Q, steps=STEPS, delta=DELTA)
+    theirs = _poisson_line_epsilon(statement)
+    assert theirs == pytest.approx(ours, abs=1e-3)
+    # With the default used_microbatching=True it would halve sigma and print ~25.1.
+    assert theirs < 10
+    assert "without microbatching" in statement
+    assert "applies" in statement
+
+
+def test_accounting_and_report_never_import_tensorflow() -> None:
+    code = (
+        "import sys\n"
+        "from covidct.privacy import accounting, report\n"
+        "accounting.tf_privacy_statement(n_units=100, expected_batch_size=10, epochs=1,"
+        " noise_multiplier=1.0, delta=1e-4, sampling=accounting.Sampling.POISSON)\n"
+        "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_tf_privacy_statement_says_shuffled_runs_rest_on_the_poisson_assumption() -> None:
+    statement = tf_privacy_statement(
+        n_units=300,
+        expected_batch_size=29.6,
+        epochs=2.0,
+        noise_multiplier=1.0,
+        delta=1e-4,
+        sampling=Sampling.SHUFFLED,
+    )
+    assert "assumption" in statement
+    assert "rounded" in statement and "batch_size=30" in statement
+
+
+def test_tf_privacy_statement_adds_group_privacy_for_slice_level_runs() -> None:
+    statement = tf_privacy_statement(
+        n_units=1000,
+        expected_batch_size=100,
+        epochs=1.0,
+        noise_multiplier=4.0,
+        delta=1e-5,
+        sampling=Sampling.POISSON,
+        max_examples_per_user=4,
+    )
+    flat = " ".join(statement.split())  # it wraps lines at 80 columns
+    assert "at most 4 examples per user" in flat
+    assert "User-level DP" in flat
+    assert "user-level remark does not apply" not in statement
+
+
+def test_sampling_assumption_differs_by_mode_and_flags_shuffling() -> None:
+    poisson = sampling_assumption(Sampling.POISSON)
+    shuffled = sampling_assumption(Sampling.SHUFFLED)
+    assert "Poisson" in poisson and "proven" in poisson
+    assert "assumption" in shuffled and "not a proven bound" in shuffled
+
+
+@pytest.mark.parametrize("n", [10, 420, 2000, 10**6])
+def test_default_delta_is_a_round_number_well_below_one_over_n(n: int) -> None:
+    delta = default_delta(n)
+    assert delta <= 1 / (10 * n) < 1 / n
+    assert math.log10(delta) == round(math.log10(delta))
+
+
+def test_default_delta_for_stack_reference_is_1e_5() -> None:
+    assert default_delta(N) == 1e-5
+
+
+_GOOD = {
+    "target_epsilon": 3.0,
+    "delta": 1e-5,
+    "n_units": 2000,
+    "expected_batch_size": 64.0,
+    "steps": 625,
+}
+
+
+def test_valid_request_passes() -> None:
+    validate_request(**_GOOD)  # type: ignore[arg-type]
+    validate_request(**{**_GOOD, "target_epsilon": None})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("change", "expected_words"),
+    [
+        ({"target_epsilon": 0.0}, ["target epsilon", "found 0.0", "Fix"]),
+        ({"target_epsilon": -1.0}, ["target epsilon", "found -1.0", "Fix"]),
+        ({"target_epsilon": math.nan}, ["target epsilon", "found nan", "Fix"]),
+        ({"target_epsilon": math.inf}, ["target epsilon", "found inf", "Fix"]),
+        ({"delta": 0.0}, ["delta", "1/N = 0.0005", "found 0.0", "1e-05"]),
+        ({"delta": 1e-3}, ["delta", "1/N", "found 0.001", "1e-05"]),
+        ({"delta": 5e-4}, ["delta", "found 0.0005"]),  # exactly 1/N is not below 1/N
+        ({"expected_batch_size": 2500.0}, ["expected batch size", "found 2500", "at most 2000"]),
+        ({"expected_batch_size": 0.5}, ["expected batch size", "found 0.5", "at least one"]),
+        ({"n_units": 5, "delta": 1e-3}, ["privacy units", f"at least {MIN_UNITS}", "found 5"]),
+        ({"steps": 0}, ["steps", "at least 1", "found 0", "Fix"]),
+    ],
+)
+def test_each_invalid_request_raises_with_expected_found_and_fix(
+    change: dict[str, float], expected_words: list[str]
+) -> None:
+    with pytest.raises(PrivacyRequestError) as err:
+        validate_request(**{**_GOOD, **change})  # type: ignore[arg-type]
+    message = str(err.value)
+    for word in expected_words:
+        assert word in message
+
+
+def test_all_problems_of_a_request_are_named_at_once() -> None:
+    with pytest.raises(PrivacyRequestError) as err:
+        validate_request(
+            target_epsilon=-1.0, delta=0.5, n_units=2000, expected_batch_size=64.0, steps=0
+        )
+    assert str(err.value).count("\n- ") == 3
+
+
+def test_usable_noise_passes_and_absurd_noise_names_the_right_knobs() -> None:
+    check_noise_is_usable(1.4, target_epsilon=3.0)
+    with pytest.raises(PrivacyRequestError) as err:
+        check_noise_is_usable(
+            100.0, target_epsilon=0.1, sampling_rate=0.5, epochs=20.0, n_units=100
+        )
+    message = str(err.value)
+    # r = 100 / 50 = 2: epsilon x2, epochs / 4, patients x4, batch / 4.
+    assert "sigma = 100" in message and "limit 50" in message
+    assert "larger target epsilon: about 0.2" in message
+    assert "fewer epochs" in message and "about 5 instead of 20" in message
+    assert "more patients" in message and "about 400 instead of 100" in message
+    assert "smaller expected batch size" in message and "about 12.5 units per step" in message
+    with pytest.raises(PrivacyRequestError, match="inf"):
+        check_noise_is_usable(math.inf, target_epsilon=1.0)

@@ -1,0 +1,167 @@
+"""End to end: synth -> prepare -> train (tiny) writes a complete, honest run folder."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import dp_accounting
+import numpy as np
+import pytest
+
+from covidct.cli import main
+from covidct.data.units import PoissonSampler
+from covidct.privacy.accounting import PrivacyRequestError
+from covidct.train import plan_privacy, train
+from covidct.train_config import TrainConfig
+from data_prep.pipeline import PrepConfig, prepare
+from data_prep.synth import CohortFormat, SynthConfig, write_cohort
+from data_prep.worker import SliceSettings
+
+TINY = TrainConfig(
+    epochs=2, batch_size=8, max_slices_per_unit=2, chunk_units=8, learning_rate=0.05, seed=1
+)
+
+
+@pytest.fixture(scope="module")
+def prep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("train")
+    write_cohort(
+        root / "cohort",
+        SynthConfig(
+            n_patients=40, n_slices=6, matrix=32, seed=3, formats=CohortFormat.NIFTI, workers=1
+        ),
+    )
+    prepare(
+        [root / "cohort"],
+        root / "prep",
+        config=PrepConfig(slices=SliceSettings(image_size=32), workers=1),
+        labels=[root / "cohort" / "labels.csv"],
+    )
+    return root / "prep"
+
+
+@pytest.fixture(scope="module")
+def dp_run(prep: Path, tmp_path_factory: pytest.TempPathFactory):
+    runs = tmp_path_factory.mktemp("runs")
+    return train(prep, config=TINY, target_epsilon=3.0, runs_dir=runs, run_id="r1")
+
+
+def test_run_folder_is_complete(dp_run):
+    run = dp_run.run_dir
+    for name in [
+        "model.keras",
+        "privacy_report.json",
+        "privacy_report.md",
+        "metrics.json",
+        "history.json",
+        "run.json",
+        "checkpoints/last.h5",
+    ]:
+        assert (run / name).is_file(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    for level in ("patient", "slice"):
+        m = metrics[level]
+        assert {
+            "auc",
+            "accuracy",
+            "sensitivity",
+            "specificity",
+            "confusion_matrix",
+            "threshold",
+        } <= set(m)
+    assert metrics["threshold_chosen_on"] == "validation"
+
+
+def test_saved_model_loads_without_covidct_code(dp_run, prep):
+    from covidct.tfsetup import keras
+
+    model = keras.models.load_model(dp_run.run_dir / "model.keras", compile=False)
+    x = np.zeros((2, 32, 32, 1), np.float32)
+    assert model(x).shape == (2, 1)
+
+
+def test_reported_epsilon_matches_an_independent_dp_accounting_computation(dp_run):
+    r = json.loads((dp_run.run_dir / "privacy_report.json").read_text())
+    for key in [
+        "epsilon",
+        "delta",
+        "noise_multiplier",
+        "sampling_rate",
+        "steps",
+        "clip_norm",
+        "privacy_unit",
+        "accountant",
+        "sampling",
+        "epsilon_per_epoch",
+        "tf_privacy_statement",
+    ]:
+        assert key in r, key
+    event = dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(
+            r["sampling_rate"], dp_accounting.GaussianDpEvent(r["noise_multiplier"])
+        ),
+        r["steps"],
+    )
+    acc = dp_accounting.rdp.RdpAccountant()
+    acc.compose(event)
+    assert r["epsilon"] == pytest.approx(acc.get_epsilon(r["delta"]), rel=1e-6)
+    assert r["epsilon"] <= 3.0
+    assert r["privacy_unit"] == "patient" and r["sampling"] == "poisson"
+    assert r["delta"] < 1 / 28  # below 1/N (28 training patients)
+
+
+def test_history_holds_no_training_loss(dp_run):
+    # the training loss is computed on private data without noise: not part of the release
+    history = json.loads((dp_run.run_dir / "history.json").read_text())
+    assert history and all("loss" not in k for row in history for k in row if "validation" not in k)
+
+
+def test_no_dp_baseline_trains_the_same_model_and_says_so(prep, tmp_path):
+    res = train(prep, config=TINY, target_epsilon=math.inf, runs_dir=tmp_path, run_id="base")
+    r = json.loads((res.run_dir / "privacy_report.json").read_text())
+    assert r["dp"] is False and r["epsilon"] == "inf"
+    assert "no privacy guarantee" in (res.run_dir / "privacy_report.md").read_text().lower()
+
+
+def test_unsatisfiable_requests_fail_before_training():
+    with pytest.raises(PrivacyRequestError):
+        plan_privacy(n_units=100, config=replace(TINY, delta=0.5), target_epsilon=3.0)
+    with pytest.raises(PrivacyRequestError):
+        plan_privacy(n_units=100, config=replace(TINY, batch_size=500), target_epsilon=3.0)
+    with pytest.raises(PrivacyRequestError):
+        plan_privacy(n_units=100, config=TINY, target_epsilon=1e-4)  # needs absurd noise
+
+
+def test_cli_rejects_bad_epsilon_with_a_message(prep, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--data", str(prep), "--epsilon", "0"])
+    assert "epsilon must be > 0" in capsys.readouterr().err
+    code = main(
+        [
+            "train",
+            "--data",
+            str(prep),
+            "--epsilon",
+            "3",
+            "--set",
+            "train.delta=0.9",
+            "--runs",
+            str(tmp_path),
+        ]
+    )
+    assert code == 2
+    assert "delta" in capsys.readouterr().err
+
+
+def test_poisson_batch_sizes_have_binomial_mean_and_variance():
+    n, q = 500, 0.05
+    sampler = PoissonSampler(n, sampling_rate=q, seed=2)
+    sizes = np.array([len(sampler.sample(t)) for t in range(4000)])
+    assert sizes.mean() == pytest.approx(n * q, rel=0.02)
+    assert sizes.var() == pytest.approx(n * q * (1 - q), rel=0.1)
+    np.testing.assert_array_equal(
+        sampler.sample(17), PoissonSampler(n, sampling_rate=q, seed=2).sample(17)
+    )
