@@ -165,3 +165,15 @@ def test_poisson_batch_sizes_have_binomial_mean_and_variance():
     np.testing.assert_array_equal(
         sampler.sample(17), PoissonSampler(n, sampling_rate=q, seed=2).sample(17)
     )
+
+
+def test_slice_unit_run_reports_what_it_does_not_cover(prep, tmp_path):
+    from covidct.data.units import PrivacyUnit
+
+    cfg = replace(TINY, privacy_unit=PrivacyUnit.SLICE, epochs=1, batch_size=16)
+    res = train(prep, config=cfg, target_epsilon=8.0, runs_dir=tmp_path, run_id="slice")
+    r = json.loads((res.run_dir / "privacy_report.json").read_text())
+    assert r["privacy_unit"] == "slice"
+    assert r["n_units"] > 28  # slices, not patients
+    notes = " ".join(r["notes"]).lower()
+    assert "group privacy" in notes and "does not" in notes
