@@ -80,32 +80,34 @@ def _apply_labels(
     Returns problems, by row number only.
     """
     problems: list[str] = []
-    patients = {r["patient_id"] for r in records.values() if r.get("status") == "ok"}
-    studies = {r["study_id"] for r in records.values() if r.get("status") == "ok"}
+    ok = {key: r for key, r in records.items() if r.get("status") == "ok"}
+    patients = {r["patient_id"] for r in ok.values()}
+    studies = {r["study_id"] for r in ok.values()}
+    # every source file and each folder above it -> the jobs beneath (labels by path)
+    jobs_under: dict[str, set[str]] = defaultdict(set)
+    if any(t.by_path for t in tables):
+        for key, priv in private_jobs.items():
+            for src in priv.get("sources", []):
+                p = Path(src)
+                for node in (p, *p.parents):
+                    jobs_under[str(node)].add(key)
     for table in tables:
         problems.extend(table.problems)
-        matched_rows: set[int] = set()
-        for raw, label in table.by_patient.items():
-            pid = ps.patient(raw)
-            state["patient"][pid] = label
-            if pid in patients:
-                matched_rows.update(r for r, c, i in table.rows if c == "patient_id" and i == raw)
-        for raw, label in table.by_study.items():
-            sid = ps.study(raw)
-            state["study"][sid] = label
-            if sid in studies:
-                matched_rows.update(r for r, c, i in table.rows if c == "study_uid" and i == raw)
-        for target, label in table.by_path.items():
-            prefix = target.rstrip(os.sep) + os.sep
-            for key, priv in private_jobs.items():
-                if any(s == target or s.startswith(prefix) for s in priv.get("sources", [])):
-                    state["job"][key] = label
-                    if records.get(key, {}).get("status") == "ok":
-                        matched_rows.update(
-                            r for r, c, i in table.rows if c == "path" and i == target
-                        )
-        for row_no, col, _ in table.rows:
-            if row_no not in matched_rows:
+        for row_no, col, ident in table.rows:
+            if col == "patient_id":
+                pid = ps.patient(ident)
+                state["patient"][pid] = table.by_patient[ident]
+                matched = pid in patients
+            elif col == "study_uid":
+                sid = ps.study(ident)
+                state["study"][sid] = table.by_study[ident]
+                matched = sid in studies
+            else:
+                keys = jobs_under.get(ident.rstrip(os.sep) or os.sep, set())
+                for key in keys:
+                    state["job"][key] = table.by_path[ident]
+                matched = any(k in ok for k in keys)
+            if not matched:
                 what = {"patient_id": "patient", "study_uid": "study", "path": "path"}[col]
                 problems.append(
                     f"{table.name} row {row_no}: names a {what} found in no prepared scan"
