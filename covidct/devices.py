@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from covidct.tfsetup import tf
+from covidct.tfsetup import quiet_stderr, tf
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,8 @@ def choose_device(*, prefer: str = "auto") -> DeviceChoice:
         )
     if prefer == "ipu":
         logger.warning("IPU requested but Graphcore's TensorFlow is not installed")
-    gpus = tf.config.list_physical_devices("GPU")
+    with quiet_stderr():  # the CUDA probe prints cuInit errors on machines without a GPU
+        gpus = tf.config.list_physical_devices("GPU")
     if prefer in ("auto", "gpu") and gpus:
         # One device per process: replicas would each need their own share of the noise-free
         # sum and one noise draw overall; multi-replica DP training is a separate mode.

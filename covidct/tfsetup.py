@@ -9,42 +9,43 @@ Import ``tf``, ``keras`` and the tensorflow-privacy submodules from here, never 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # C++ info/warning lines are noise here
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.skip_tf_privacy_import = True  # type: ignore[attr-defined]
 
 
-def _import_quietly() -> None:
-    """Import TensorFlow with its C++ start-up chatter (oneDNN, CUDA probing) kept off stderr.
+@contextlib.contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """Point file descriptor 2 at /dev/null for a moment.
 
-    TF 2.21 writes those lines before its logging is initialised, so TF_CPP_MIN_LOG_LEVEL does
-    not reach them; file descriptor 2 is pointed at /dev/null for the import only. Python
-    exceptions are unaffected. COVIDCT_TF_VERBOSE=1 shows everything.
+    TF 2.21's C++ layer writes start-up notes (oneDNN, CUDA probing, cuInit errors on machines
+    without a GPU) straight to fd 2, before its logging is initialised, where neither Python
+    logging nor TF_CPP_MIN_LOG_LEVEL reach. Python exceptions are unaffected.
+    COVIDCT_TF_VERBOSE=1 shows everything.
     """
     if os.environ.get("COVIDCT_TF_VERBOSE") == "1":
+        yield
         return
     sys.stderr.flush()
     saved = os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, 2)
-        import tensorflow  # noqa: F401
-        import tf_keras  # noqa: F401
+        yield
     finally:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
 
 
-_import_quietly()
-import tensorflow as tf  # noqa: E402  (cached by now: no second start-up)
-import tf_keras as keras  # noqa: E402
-
-# pfor's notes ("Conv2DBackpropFilter uses a while_loop") and similar are not for users
-tf.get_logger().setLevel("ERROR")
+with quiet_stderr():
+    import tensorflow as tf
+    import tf_keras as keras
 
 if not keras.__version__.startswith(tf.__version__.rsplit(".", 1)[0]):
     raise ImportError(
@@ -52,4 +53,7 @@ if not keras.__version__.startswith(tf.__version__.rsplit(".", 1)[0]):
         "reinstall with `make venv` (versions are pinned in constraints.txt)"
     )
 
-__all__ = ["keras", "tf"]
+# pfor's notes ("Conv2DBackpropFilter uses a while_loop") and similar are not for users
+tf.get_logger().setLevel("ERROR")
+
+__all__ = ["keras", "quiet_stderr", "tf"]
