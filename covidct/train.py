@@ -159,7 +159,7 @@ def train(
     from covidct.devices import choose_device
     from covidct.models import build_model, validate_model
     from covidct.privacy.mechanism import DPGradient, DPSettings
-    from covidct.privacy.report import build_report, write_report
+    from covidct.privacy.report import write_report
     from covidct.tfsetup import keras
 
     device = choose_device(prefer=config.device)
@@ -263,7 +263,37 @@ def train(
     metrics["validation_patient_auc_best"] = best_auc
     _save_model(model, run)
 
-    epochs_done = len(history)
+    report = _privacy_report(plan, config, train_units, steps_taken, eps_per_epoch[: len(history)])
+    write_report(report, run)
+    write_json(run, "metrics.json", metrics)
+    write_json(run, "history.json", history)
+    seconds = time.perf_counter() - t0
+    write_json(
+        run,
+        "run.json",
+        {
+            "prep": os.path.abspath(prep),
+            "device": device.describe(),
+            "execution": execution.value,
+            "model": config.model,
+            "image_size": size,
+            "seconds": round(seconds, 1),
+            "steps": steps_taken,
+        },
+    )
+    return RunResult(run, report, metrics, device.describe(), execution.value, seconds)
+
+
+def _privacy_report(
+    plan: PrivacyPlan,
+    config: TrainConfig,
+    train_units: Units,
+    steps_taken: int,
+    eps_per_epoch: list[float],
+) -> Any:
+    """The epsilon report for the steps actually taken (an early stop spends less)."""
+    from covidct.privacy.report import build_report
+
     passes = steps_taken * plan.sampling_rate  # expected passes over the data: steps * q
     epsilon = (
         accounting.compute_epsilon(
@@ -295,7 +325,7 @@ def train(
         n_units=plan.n_units,
         accountant=config.accountant,
         sampling=config.sampling,
-        epsilon_per_epoch=eps_per_epoch[:epochs_done],
+        epsilon_per_epoch=eps_per_epoch,
         tf_privacy_statement=(
             accounting.tf_privacy_statement(
                 n_units=plan.n_units,
@@ -312,24 +342,7 @@ def train(
             else "not applicable: trained without differential privacy"
         ),
     )
-    write_report(report, run)
-    write_json(run, "metrics.json", metrics)
-    write_json(run, "history.json", history)
-    seconds = time.perf_counter() - t0
-    write_json(
-        run,
-        "run.json",
-        {
-            "prep": os.path.abspath(prep),
-            "device": device.describe(),
-            "execution": execution.value,
-            "model": config.model,
-            "image_size": size,
-            "seconds": round(seconds, 1),
-            "steps": steps_taken,
-        },
-    )
-    return RunResult(run, report, metrics, device.describe(), execution.value, seconds)
+    return report
 
 
 def predict(model: Any, units: Units, store: SliceStore, *, batch: int = 256) -> Predictions:
