@@ -23,9 +23,13 @@ _INPUT_SCALE = 0.3
 class Pooling(enum.Enum):
     """How a feature map becomes one logit.
 
+    Only MAX learned mild disease in the study (benchmarks/learnability.py); the others are
+    kept for comparison.
+
     Attributes:
-        MAX: global max over space, then a dense logit. Keeps small findings but routes the
-            gradient through one position per channel (slow, erratic learning).
+        MAX: global max over space, then a dense logit. Keeps small findings; the gradient
+            goes through one position per channel, so it learns slowly until a feature's
+            maximum lands on findings (lung masking of the input shortens that phase).
         AVG: global average, then a dense logit. Dilutes a 5-pixel patch in a 4096-pixel slice:
             misses mild disease.
         ATTENTION: softmax attention over positions (a 1x1 convolution scores each position),
@@ -60,17 +64,23 @@ def conv_gn_act(
     groups: int = 8,
     activation: str | None = "relu",
 ) -> keras.KerasTensor:
-    """Conv2D (no bias: GroupNorm's beta replaces it) -> GroupNormalization -> activation."""
+    """Conv2D -> GroupNormalization -> activation; ``groups=0``: Conv2D with bias, no norm.
+
+    With GroupNorm the convolution has no bias (GroupNorm's beta replaces it).
+    """
     x = keras.layers.Conv2D(
         filters,
         kernel_size,
         strides=strides,
         padding="same",
-        use_bias=False,
+        use_bias=groups == 0,
         kernel_initializer=keras.initializers.HeNormal(seed=seed),
         name=f"{name}_conv",
     )(x)
-    x = keras.layers.GroupNormalization(groups=group_count(filters, groups), name=f"{name}_gn")(x)
+    if groups:
+        x = keras.layers.GroupNormalization(groups=group_count(filters, groups), name=f"{name}_gn")(
+            x
+        )
     if activation is not None:
         x = keras.layers.Activation(activation, name=f"{name}_act")(x)
     return x

@@ -62,7 +62,7 @@ def build_gn_resnet(
     blocks: Sequence[int] = (2, 2, 2, 2),
     base_width: int = 32,
     groups: int = 8,
-    pooling: Pooling = Pooling.LOGIT_MAP,
+    pooling: Pooling = Pooling.MAX,
     name: str = "gn_resnet18",
 ) -> keras.Model:
     """A GroupNorm ResNet with basic blocks (``blocks=(2, 2, 2, 2)`` is ResNet-18).

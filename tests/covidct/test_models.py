@@ -1,0 +1,134 @@
+"""The model registry: every model is a DP-trainable binary classifier that saves portably."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from covidct.errors import ConfigError, CovidCTError
+from covidct.models import (
+    DEFAULT_MODEL,
+    MODEL_REGISTRY,
+    ModelValidationError,
+    UnknownModelError,
+    available_models,
+    build_model,
+    validate_model,
+)
+from covidct.tfsetup import keras
+
+SIZE = 64
+
+
+def _slices(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, SIZE, SIZE, 1), dtype=np.float32)
+
+
+def _layer_classes(model: keras.Model) -> set[str]:
+    return {type(m).__name__ for m in [model, *model.submodules]}
+
+
+def test_registry_lists_the_default_and_a_groupnorm_resnet18() -> None:
+    assert DEFAULT_MODEL in available_models()
+    assert "gn_resnet18" in available_models()
+    assert available_models() == sorted(MODEL_REGISTRY)
+
+
+@pytest.mark.parametrize("name", available_models())
+def test_every_registered_model_outputs_one_logit_per_slice_without_batchnorm(
+    name: str,
+) -> None:
+    model = build_model(name, input_size=SIZE, seed=0)
+    out = np.asarray(model(_slices(3), training=False))
+    assert out.shape == (3, 1)
+    assert np.isfinite(out).all()
+    # Logits, not probabilities: the last layer has no sigmoid squashing them into [0, 1].
+    assert model.layers[-1].get_config().get("activation", "linear") == "linear"
+    classes = _layer_classes(model)
+    assert not any("BatchNormalization" in c for c in classes)
+    assert "GroupNormalization" in classes
+    validate_model(model)
+
+
+def test_same_seed_gives_the_same_weights_and_another_seed_different_ones() -> None:
+    a = build_model(DEFAULT_MODEL, input_size=SIZE, seed=3).get_weights()
+    b = build_model(DEFAULT_MODEL, input_size=SIZE, seed=3).get_weights()
+    c = build_model(DEFAULT_MODEL, input_size=SIZE, seed=4).get_weights()
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c, strict=True))
+
+
+def test_default_model_accepts_other_slice_sizes() -> None:
+    model = build_model(DEFAULT_MODEL, input_size=96, seed=0)
+    assert model.input_shape == (None, 96, 96, 1)
+    assert model.output_shape == (None, 1)
+
+
+def _with_batchnorm(layer: keras.layers.Layer) -> keras.Model:
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    x = layer(x)
+    return keras.Model(inputs, keras.layers.Dense(1)(keras.layers.Flatten()(x)), name="net")
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        keras.layers.BatchNormalization(name="bn_here"),
+        keras.layers.experimental.SyncBatchNormalization(name="bn_here"),
+    ],
+    ids=["BatchNormalization", "SyncBatchNormalization"],
+)
+def test_validate_model_rejects_batchnorm_naming_the_layer_and_groupnorm(
+    layer: keras.layers.Layer,
+) -> None:
+    with pytest.raises(ModelValidationError) as err:
+        validate_model(_with_batchnorm(layer))
+    message = str(err.value)
+    assert "bn_here" in message
+    assert "GroupNormalization" in message
+
+
+def test_validate_model_finds_batchnorm_nested_in_a_sub_model() -> None:
+    inner = keras.Sequential(
+        [keras.layers.Conv2D(4, 3), keras.layers.BatchNormalization(name="deep_bn")],
+        name="encoder",
+    )
+    inputs = keras.Input((8, 8, 1))
+    outputs = keras.layers.Dense(1)(keras.layers.Flatten()(inner(inputs)))
+    model = keras.Model(inputs, outputs, name="outer")
+    with pytest.raises(ModelValidationError, match=r"outer/encoder/deep_bn"):
+        validate_model(model)
+
+
+def test_validate_model_accepts_per_example_normalisation() -> None:
+    inputs = keras.Input((8, 8, 4))
+    x = keras.layers.GroupNormalization(groups=2)(inputs)
+    x = keras.layers.LayerNormalization()(x)
+    validate_model(keras.Model(inputs, x))
+
+
+def test_model_validation_error_is_a_covidct_error() -> None:
+    assert issubclass(ModelValidationError, CovidCTError)
+
+
+def test_unknown_model_name_error_lists_the_available_models() -> None:
+    with pytest.raises(UnknownModelError) as err:
+        build_model("resnet_with_batchnorm", input_size=SIZE, seed=0)
+    assert isinstance(err.value, ConfigError)
+    for name in available_models():
+        assert name in str(err.value)
+
+
+def test_saved_model_loads_without_covidct_and_predicts_the_same(tmp_path: Path) -> None:
+    model = build_model(DEFAULT_MODEL, input_size=SIZE, seed=1)
+    x = _slices(4, seed=2)
+    expected = model.predict(x, verbose=0)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    # No custom_objects: every layer is a tf-keras built-in.
+    loaded = keras.models.load_model(path)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-6)
+    validate_model(loaded)
