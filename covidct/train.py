@@ -295,6 +295,8 @@ def _privacy_report(
     from covidct.privacy.report import build_report
 
     passes = steps_taken * plan.sampling_rate  # expected passes over the data: steps * q
+    slice_units = config.privacy_unit is PrivacyUnit.SLICE
+    most_per_patient = _max_units_per_patient(train_units) if slice_units else None
     epsilon = (
         accounting.compute_epsilon(
             noise_multiplier=plan.noise_multiplier,
@@ -319,9 +321,7 @@ def _privacy_report(
         clip_norm=config.clip_norm if plan.dp else 0.0,
         privacy_unit=config.privacy_unit.value,
         # for slice units the report's group-privacy note needs the most slices of one patient
-        max_slices_per_unit=config.max_slices_per_unit
-        if config.privacy_unit is PrivacyUnit.PATIENT
-        else _max_units_per_patient(train_units),
+        max_slices_per_unit=most_per_patient or config.max_slices_per_unit,
         n_units=plan.n_units,
         accountant=config.accountant,
         sampling=config.sampling,
@@ -334,9 +334,7 @@ def _privacy_report(
                 noise_multiplier=plan.noise_multiplier,
                 delta=plan.delta,
                 sampling=config.sampling,
-                max_examples_per_user=_max_units_per_patient(train_units)
-                if config.privacy_unit is PrivacyUnit.SLICE
-                else None,
+                max_examples_per_user=most_per_patient,
             )
             if plan.dp
             else "not applicable: trained without differential privacy"
