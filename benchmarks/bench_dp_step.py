@@ -22,6 +22,7 @@ VARIANTS = [
     "non_private",
     "covidct_nanobatch",
     "covidct_vectorized",
+    "covidct_vectorized_map",
     "covidct_auto",
     "covidct_nanobatch_per_layer",
     "tf_privacy_per_example",
@@ -72,6 +73,7 @@ def run_variant(name: str, size: int, batch: int, seconds: float, model_name: st
             "covidct_nanobatch": ExecutionMode.NANOBATCH,
             "covidct_nanobatch_per_layer": ExecutionMode.NANOBATCH,
             "covidct_vectorized": ExecutionMode.VECTORIZED,
+            "covidct_vectorized_map": ExecutionMode.VECTORIZED,
             "covidct_auto": resolve_execution(ExecutionMode.AUTO, "cpu"),
         }[name]
         clipping = ClippingMode.PER_LAYER if "per_layer" in name else ClippingMode.FLAT
@@ -82,6 +84,7 @@ def run_variant(name: str, size: int, batch: int, seconds: float, model_name: st
             ),
             mode=mode,
             seed=0,
+            vectorized_impl="vectorized_map" if name == "covidct_vectorized_map" else None,
         )
         chunk = min(batch, 32)
         ux = x[:, None]  # slice units: one slice each
@@ -95,9 +98,8 @@ def run_variant(name: str, size: int, batch: int, seconds: float, model_name: st
                 dp.accumulate(
                     ux[s : s + chunk], mask[s : s + chunk], y[s : s + chunk], present[s : s + chunk]
                 )
-            grads = dp.result(step=counter[0])
+            dp.apply(opt, step=counter[0])
             counter[0] += 1
-            opt.apply_gradients(zip(grads, model.trainable_variables, strict=True))
 
     for _ in range(3):  # trace and warm up
         run()
@@ -111,6 +113,7 @@ def run_variant(name: str, size: int, batch: int, seconds: float, model_name: st
         "steps": steps,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "params": int(sum(int(np.prod(v.shape)) for v in model.trainable_variables)),
+        **({"vectorized_impl": dp.vectorized_impl} if name.startswith("covidct_") else {}),
     }
 
 

@@ -216,8 +216,7 @@ def train(
                 rng=rng,
             ):
                 dp.accumulate(*chunk)
-            grads = dp.result(step=step)
-            optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+            dp.apply(optimizer, step=step)
             steps_taken += 1
             if dp.units_in_batch:
                 loss_sum += dp.mean_unit_loss

@@ -14,7 +14,9 @@ chunks of units, so memory does not grow with the logical batch:
 Two execution modes compute the same sums:
 - ``nanobatch`` (the paper's method, Lee et al. 2021): a physical batch of ONE unit inside a
   tf.while_loop, gradient accumulation; the cheapest memory, exact per-unit clipping;
-- ``vectorized``: per-unit gradients of a chunk at once with tf.vectorized_map.
+- ``vectorized``: per-unit gradients of a whole chunk at once: from one batched backward pass
+  (covidct.privacy.per_unit, for models of Conv2D, Dense and GroupNormalization layers), else
+  with tf.vectorized_map.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from covidct.privacy.modes import ClippingMode, ExecutionMode
+from covidct.privacy.per_unit import LayerwisePerUnit, leaf_layers, unsupported_reason
 from covidct.tfsetup import keras, tf
 
 __all__ = ["ClippingMode", "DPGradient", "DPSettings", "ExecutionMode", "group_clip_norms"]
@@ -86,8 +89,7 @@ class DPGradient:
         dp.reset()
         for x, mask, y, present in chunks:   # fixed chunk shape; padded units have present=0
             dp.accumulate(x, mask, y, present)
-        grads = dp.result(step=step)         # noised once, divided by q*N
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        dp.apply(optimizer, step=step)       # noised once, divided by q*N, applied
     """
 
     def __init__(
@@ -98,6 +100,7 @@ class DPGradient:
         mode: ExecutionMode,
         seed: int,
         layer_groups: Sequence[Sequence[int]] | None = None,
+        vectorized_impl: str | None = None,
     ) -> None:
         """Build the graph functions.
 
@@ -109,6 +112,9 @@ class DPGradient:
                 resumed run draws the same noise it would have drawn.
             layer_groups: for per-layer clipping, indices into model.trainable_variables of each
                 group; default: one group per layer that owns variables.
+            vectorized_impl: how the vectorized mode gets per-unit gradients: "layerwise"
+                (one batched backward pass; Conv2D, Dense and GroupNormalization layers only),
+                "vectorized_map", or None to take layerwise whenever the model allows it.
         """
         if mode is ExecutionMode.AUTO:
             raise ValueError("resolve ExecutionMode.AUTO before building DPGradient")
@@ -138,18 +144,33 @@ class DPGradient:
             )
         else:
             self.group_norms = []
-        self._bce = keras.losses.BinaryCrossentropy(
-            from_logits=True, reduction=keras.losses.Reduction.NONE
-        )
+        if vectorized_impl not in (None, "layerwise", "vectorized_map"):
+            raise ValueError(f"unknown vectorized_impl {vectorized_impl!r}")
+        self.vectorized_impl = ""
+        self._layerwise: LayerwisePerUnit | None = None
+        if mode is ExecutionMode.VECTORIZED:
+            reason = unsupported_reason(model)
+            if reason is not None and vectorized_impl == "layerwise":
+                raise ValueError(f"layerwise per-unit gradients do not apply: {reason}")
+            if vectorized_impl == "vectorized_map":
+                reason = "vectorized_map requested"
+            if reason is None:
+                self._layerwise = LayerwisePerUnit(model, self.variables, unit_losses)
+                self.vectorized_impl = "layerwise"
+            else:
+                self.vectorized_impl = "vectorized_map"
+                logger.info("per-unit gradients with tf.vectorized_map: %s", reason)
         self._accumulate_fn = tf.function(self._accumulate_graph, reduce_retracing=True)
+        self._reset_fn = tf.function(self._reset_graph)
+        self._result_fn = tf.function(self._result_graph)
+        self._apply_fns: dict[int, Callable[[tf.Tensor], None]] = {}
 
     # ---- per-unit pieces -------------------------------------------------------------------
 
     def _unit_loss(self, x: tf.Tensor, mask: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
-        """Mean loss over one unit's valid slices. x (k,H,W,1), mask (k,), y scalar."""
+        """One unit's loss. x (k,H,W,1), mask (k,), y scalar."""
         logits = self.model(x, training=True)[:, 0]
-        per_slice = self._bce(tf.fill(tf.shape(logits), y)[:, None], logits[:, None])
-        return tf.reduce_sum(per_slice * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
+        return unit_losses(logits[None], mask[None], y[None])[0]
 
     def _unit_grads(
         self, x: tf.Tensor, mask: tf.Tensor, y: tf.Tensor
@@ -187,10 +208,21 @@ class DPGradient:
 
     # ---- one chunk of units ----------------------------------------------------------------
 
+    def _add_clipped(self, grads: list[tf.Tensor], present: tf.Tensor) -> None:
+        """Clip each unit's gradients (leading axis = unit) and add the present ones."""
+        factors = self._clip_factors(grads, batched=True)
+        for acc, g, f in zip(self._acc, grads, factors, strict=True):
+            w = f * present
+            acc.assign_add(tf.tensordot(w, g, axes=1))
+
     def _accumulate_graph(
         self, x: tf.Tensor, mask: tf.Tensor, y: tf.Tensor, present: tf.Tensor
     ) -> None:
-        if self.mode is ExecutionMode.VECTORIZED:
+        if self._layerwise is not None:
+            grads, losses = self._layerwise.grads(x, mask, y)
+            self._add_clipped(grads, present)
+            self._loss.assign_add(tf.reduce_sum(losses * present))
+        elif self.mode is ExecutionMode.VECTORIZED:
 
             def per_unit(
                 args: tuple[tf.Tensor, tf.Tensor, tf.Tensor],
@@ -198,10 +230,7 @@ class DPGradient:
                 return self._unit_grads(*args)
 
             grads, losses = tf.vectorized_map(per_unit, (x, mask, y))
-            factors = self._clip_factors(grads, batched=True)
-            for acc, g, f in zip(self._acc, grads, factors, strict=True):
-                w = tf.reshape(f * present, [-1] + [1] * (len(g.shape) - 1))
-                acc.assign_add(tf.reduce_sum(g * w, axis=0))
+            self._add_clipped(grads, present)
             self._loss.assign_add(tf.reduce_sum(losses * present))
         else:
             n = tf.shape(x)[0]
@@ -221,6 +250,9 @@ class DPGradient:
 
     def reset(self) -> None:
         """Start a new logical batch."""
+        self._reset_fn()
+
+    def _reset_graph(self) -> None:
         for acc in self._acc:
             acc.assign(tf.zeros_like(acc))
         self._units.assign(0.0)
@@ -261,6 +293,21 @@ class DPGradient:
         The noise is drawn here, once per logical batch, from a stateless generator keyed by
         (seed, step, variable index).
         """
+        return list(self._result_fn(tf.constant(step, tf.int64)))
+
+    def apply(self, optimizer: keras.optimizers.Optimizer, *, step: int) -> None:
+        """``optimizer.apply_gradients(result(step))`` as one compiled graph (no eager ops)."""
+        fn = self._apply_fns.get(id(optimizer))
+        if fn is None:
+
+            def apply_graph(step: tf.Tensor) -> None:
+                grads = self._result_graph(step)
+                optimizer.apply_gradients(zip(grads, self.variables, strict=True))
+
+            fn = self._apply_fns[id(optimizer)] = tf.function(apply_graph)
+        fn(tf.constant(step, tf.int64))
+
+    def _result_graph(self, step: tf.Tensor) -> list[tf.Tensor]:
         s = self.settings
         out = []
         for i, acc in enumerate(self._acc):
@@ -268,12 +315,25 @@ class DPGradient:
             if s.noise_multiplier > 0:
                 assert s.clip_norm is not None  # enforced by DPSettings
                 std = s.noise_multiplier * s.clip_norm
-                noise = tf.random.stateless_normal(
-                    tf.shape(g), seed=[self.seed, step * 100_003 + i], dtype=g.dtype
-                )
+                seed = tf.stack([tf.constant(self.seed, tf.int64), step * 100_003 + i])
+                noise = tf.random.stateless_normal(tf.shape(g), seed=seed, dtype=g.dtype)
                 g = g + std * noise
             out.append(g / s.expected_batch_size)
         return out
+
+
+def unit_losses(logits: tf.Tensor, mask: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+    """Each unit's loss: the mean binary cross-entropy over its valid slices.
+
+    Args:
+        logits: (U, k) slice logits; mask: (U, k), 1 for a real slice; y: (U,) unit labels.
+
+    Returns:
+        (U,) losses; a unit without valid slices has loss 0 (and so a zero gradient).
+    """
+    labels = tf.broadcast_to(y[:, None], tf.shape(logits))
+    per_slice = tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits)
+    return tf.reduce_sum(per_slice * mask, axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
 
 
 def _default_groups(model: keras.Model, variables: list[tf.Variable]) -> list[list[int]]:
@@ -281,7 +341,7 @@ def _default_groups(model: keras.Model, variables: list[tf.Variable]) -> list[li
     index = {id(v): i for i, v in enumerate(variables)}
     groups: list[list[int]] = []
     seen: set[int] = set()
-    for layer in _leaf_layers(model):
+    for layer in leaf_layers(model):
         members = [index[id(v)] for v in layer.trainable_variables if id(v) in index]
         members = [m for m in members if m not in seen]
         if members:
@@ -291,13 +351,3 @@ def _default_groups(model: keras.Model, variables: list[tf.Variable]) -> list[li
     if rest:
         groups.append(rest)
     return groups
-
-
-def _leaf_layers(model: keras.layers.Layer) -> list[keras.layers.Layer]:
-    inner = getattr(model, "layers", None)
-    if not inner:
-        return [model]
-    out: list[keras.layers.Layer] = []
-    for layer in inner:
-        out.extend(_leaf_layers(layer))
-    return out

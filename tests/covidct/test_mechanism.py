@@ -14,7 +14,13 @@ from covidct.privacy.mechanism import (
 )
 from covidct.tfsetup import keras, tf
 
-MODES = [ExecutionMode.NANOBATCH, ExecutionMode.VECTORIZED]
+# (execution mode, how vectorized gets per-unit gradients): every path must compute the same sums
+MODES = [
+    (ExecutionMode.NANOBATCH, None),
+    (ExecutionMode.VECTORIZED, "layerwise"),
+    (ExecutionMode.VECTORIZED, "vectorized_map"),
+]
+MODE_IDS = ["nanobatch", "layerwise", "vectorized_map"]
 
 
 def tiny_model(seed: int = 0) -> keras.Model:
@@ -40,7 +46,10 @@ def unit_batch(n_units: int = 5, k: int = 3, seed: int = 0):
 
 
 def dp_sum(model, settings, mode, batch, seed=0):
-    dp = DPGradient(model, settings=settings, mode=mode, seed=seed)
+    mode, impl = mode if isinstance(mode, tuple) else (mode, None)
+    dp = DPGradient(model, settings=settings, mode=mode, seed=seed, vectorized_impl=impl)
+    if mode is ExecutionMode.VECTORIZED:
+        assert dp.vectorized_impl == (impl or "layerwise")
     dp.reset()
     dp.accumulate(*batch)
     return dp
@@ -50,7 +59,7 @@ def flat(grads) -> np.ndarray:
     return np.concatenate([np.asarray(g).ravel() for g in grads])
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
 def test_no_noise_no_clipping_equals_plain_gradient_of_mean_unit_loss(mode):
     model = tiny_model()
     x, mask, y, present = unit_batch()
@@ -68,7 +77,7 @@ def test_no_noise_no_clipping_equals_plain_gradient_of_mean_unit_loss(mode):
     np.testing.assert_allclose(flat(got), flat(want), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
 def test_each_units_clipped_gradient_norm_is_at_most_c(mode):
     model = tiny_model()
     x, mask, y, _ = unit_batch()
@@ -84,16 +93,17 @@ def test_each_units_clipped_gradient_norm_is_at_most_c(mode):
         assert norm == pytest.approx(c, rel=1e-4)  # clipping happened, it is not a zero vector
 
 
-def test_nanobatch_equals_vectorized_with_clipping():
+@pytest.mark.parametrize("impl", ["layerwise", "vectorized_map"])
+def test_nanobatch_equals_vectorized_with_clipping(impl):
     model = tiny_model()
     batch = unit_batch(n_units=6)
     settings = DPSettings(clip_norm=0.05, noise_multiplier=0.0, expected_batch_size=4.2)
     a = dp_sum(model, settings, ExecutionMode.NANOBATCH, batch).result(step=3)
-    b = dp_sum(model, settings, ExecutionMode.VECTORIZED, batch).result(step=3)
+    b = dp_sum(model, settings, (ExecutionMode.VECTORIZED, impl), batch).result(step=3)
     np.testing.assert_allclose(flat(a), flat(b), rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
 def test_padding_units_contribute_nothing(mode):
     model = tiny_model()
     x, mask, y, present = unit_batch()
@@ -166,7 +176,7 @@ def test_group_clip_norms_square_sum_to_c_squared():
         assert sum(n * n for n in norms) == pytest.approx(4.0)
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
 def test_per_layer_clipping_bounds_each_group_and_the_total(mode):
     model = tiny_model()
     x, mask, y, _ = unit_batch()

@@ -1,0 +1,202 @@
+"""Per-unit gradients of a whole chunk of units from ONE batched forward and backward pass.
+
+The weight gradient of a layer is a sum over examples of (layer input) x (gradient at the layer
+output); keeping that sum per unit instead of over the batch gives every unit's own gradient
+at about the cost of the ordinary batched backward pass (Goodfellow, "Efficient Per-Example
+Gradient Computations", 2015; the same identity underlies Opacus's per-sample hooks and ghost
+clipping, Li et al. 2022). For one chunk:
+
+1. run the model once on all U*k slices, keeping each trainable layer's input ``a`` and output
+   ``z`` (its pre-activation: the supported layers carry no activation of their own);
+2. take the gradient of the SUM of the unit losses with respect to every ``z``: because units
+   never interact (no BatchNorm; models are validated), slice j of unit u receives exactly the
+   gradient of unit u's own loss;
+3. per layer, contract ``a`` with ``dL/dz`` over the unit's slices and positions only:
+   Conv2D kernel = patches(a)^T dz, bias = sum dz; Dense likewise with a instead of patches;
+   GroupNormalization gamma = sum dz * a_hat, beta = sum dz (a_hat: a, group-normalised).
+
+Nothing here clips or adds noise: covidct.privacy.mechanism does that with these gradients.
+Models with a trainable layer of another kind fall back to tf.vectorized_map in the mechanism
+(``unsupported_reason`` says which layer).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from covidct.tfsetup import keras, tf
+
+__all__ = ["LayerwisePerUnit", "leaf_layers", "unsupported_reason"]
+
+UnitLosses = Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]
+
+_SUPPORTED = (keras.layers.Conv2D, keras.layers.Dense, keras.layers.GroupNormalization)
+
+
+def leaf_layers(model: keras.layers.Layer) -> list[keras.layers.Layer]:
+    inner = getattr(model, "layers", None)
+    if not inner:
+        return [model]
+    out: list[keras.layers.Layer] = []
+    for layer in inner:
+        out.extend(leaf_layers(layer))
+    return out
+
+
+def _layer_problem(layer: keras.layers.Layer) -> str | None:
+    """Why the layerwise path cannot handle ``layer`` (None: it can)."""
+    kind = type(layer)
+    if kind not in _SUPPORTED:  # exact types: a subclass may compute something else
+        return f"layer {layer.name!r} ({kind.__name__}) has trainable weights"
+    if len(getattr(layer, "_inbound_nodes", [])) != 1:
+        return f"layer {layer.name!r} is called more than once"
+    if (
+        isinstance(layer, keras.layers.Conv2D | keras.layers.Dense)
+        and layer.activation is not keras.activations.linear
+    ):
+        return f"layer {layer.name!r} has a built-in activation"
+    if isinstance(layer, keras.layers.Conv2D):
+        if layer.data_format != "channels_last" or layer.groups != 1:
+            return f"layer {layer.name!r} is grouped or channels-first"
+        if layer.padding not in ("same", "valid"):
+            return f"layer {layer.name!r} uses padding {layer.padding!r}"
+    if isinstance(layer, keras.layers.Dense) and len(layer.input.shape) != 2:
+        return f"layer {layer.name!r} is a Dense layer on a rank-{len(layer.input.shape)} input"
+    if isinstance(layer, keras.layers.GroupNormalization) and layer.axis not in (-1, 3):
+        return f"layer {layer.name!r} normalises axis {layer.axis}"
+    return None
+
+
+def unsupported_reason(model: keras.Model) -> str | None:
+    """None when every trainable variable of ``model`` is handled layerwise, else why not."""
+    covered: set[int] = set()
+    for layer in leaf_layers(model):
+        if not layer.trainable_weights:
+            continue
+        problem = _layer_problem(layer)
+        if problem:
+            return problem
+        covered.update(id(v) for v in layer.trainable_weights)
+    missing = [v.name for v in model.trainable_variables if id(v) not in covered]
+    if missing:
+        return f"variables outside the model's layers: {', '.join(missing)}"
+    return None
+
+
+@dataclass(frozen=True)
+class _Tap:
+    layer: keras.layers.Layer
+    slots: tuple[tuple[str, int], ...]  # (weight kind, index into the variable list)
+
+
+class LayerwisePerUnit:
+    """``grads(x, mask, y)`` -> (per-unit gradients, per-unit losses) for one chunk."""
+
+    def __init__(
+        self, model: keras.Model, variables: list[tf.Variable], unit_losses: UnitLosses
+    ) -> None:
+        reason = unsupported_reason(model)
+        if reason:
+            raise ValueError(f"layerwise per-unit gradients do not apply: {reason}")
+        index = {id(v): i for i, v in enumerate(variables)}
+        taps: list[_Tap] = []
+        for layer in leaf_layers(model):
+            if not layer.trainable_weights:
+                continue
+            slots = []
+            for kind in ("kernel", "bias", "gamma", "beta"):
+                var = getattr(layer, kind, None)
+                if var is not None and var.trainable and id(var) in index:
+                    slots.append((kind, index[id(var)]))
+            taps.append(_Tap(layer, tuple(slots)))
+        self._taps = taps
+        self._n_vars = len(variables)
+        outputs = [model.output]
+        for tap in taps:
+            outputs += [tap.layer.input, tap.layer.output]
+        self._tapped = keras.Model(model.inputs, outputs)
+        self._unit_losses = unit_losses
+
+    def grads(
+        self, x: tf.Tensor, mask: tf.Tensor, y: tf.Tensor
+    ) -> tuple[list[tf.Tensor], tf.Tensor]:
+        """x (U, k, H, W, 1), mask (U, k), y (U,) -> ([(U, *var.shape)] per variable, (U,))."""
+        shape = tf.shape(x)
+        u, k = shape[0], shape[1]
+        flat = tf.reshape(x, tf.concat([[u * k], shape[2:]], 0))
+        with tf.GradientTape() as tape:
+            out = self._tapped(flat, training=True)
+            logits = tf.reshape(out[0], [u, k])
+            losses = self._unit_losses(logits, mask, y)
+            total = tf.reduce_sum(losses)
+        acts = out[1::2]
+        zs = out[2::2]
+        dzs = tape.gradient(total, zs)
+        grads: list[tf.Tensor | None] = [None] * self._n_vars
+        for tap, a, dz in zip(self._taps, acts, dzs, strict=True):
+            for kind, i in tap.slots:
+                grads[i] = _weight_grad(tap.layer, kind, a, dz, u)
+        assert all(g is not None for g in grads)
+        return [g for g in grads if g is not None], losses
+
+
+def _per_unit_rows(t: tf.Tensor, u: tf.Tensor) -> tf.Tensor:
+    """(U*k, ..., C) -> (U, rows, C): everything but the channel axis, per unit."""
+    return tf.reshape(t, [u, -1, tf.shape(t)[-1]])
+
+
+def _weight_grad(
+    layer: keras.layers.Layer, kind: str, a: tf.Tensor, dz: tf.Tensor, u: tf.Tensor
+) -> tf.Tensor:
+    if kind == "bias" or kind == "beta":
+        return tf.reduce_sum(_per_unit_rows(dz, u), axis=1)
+    if isinstance(layer, keras.layers.GroupNormalization):
+        return _gamma_grad(layer, a, dz, u)
+    if isinstance(layer, keras.layers.Dense):
+        return tf.einsum("unc,und->ucd", _per_unit_rows(a, u), _per_unit_rows(dz, u))
+    # Conv2D kernel[i, j] = sum over the unit's slices and output positions of the input
+    # window shifted by (i, j) times dz: one (cin x cout) product per kernel tap, which avoids
+    # materialising the (kh*kw*cin)-channel patch tensor.
+    kh, kw = layer.kernel_size
+    sh, sw = layer.strides
+    dh, dw = layer.dilation_rate
+    ho, wo = dz.shape[1], dz.shape[2]
+    h, w = a.shape[1], a.shape[2]
+    if layer.padding == "same":
+        ph = max((ho - 1) * sh + (kh - 1) * dh + 1 - h, 0)
+        pw = max((wo - 1) * sw + (kw - 1) * dw + 1 - w, 0)
+        a = tf.pad(a, [[0, 0], [ph // 2, ph - ph // 2], [pw // 2, pw - pw // 2], [0, 0]])
+    dz_rows = _per_unit_rows(dz, u)
+    windows = [
+        a[:, i * dh : i * dh + (ho - 1) * sh + 1 : sh, j * dw : j * dw + (wo - 1) * sw + 1 : sw]
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    g = tf.stack(
+        [tf.einsum("unc,und->ucd", _per_unit_rows(w, u), dz_rows) for w in windows], axis=1
+    )  # (U, kh*kw, cin, cout); one product per tap beats concatenating the windows on CPU
+    return tf.reshape(g, tf.concat([[u], tf.shape(layer.kernel)], 0))
+
+
+def _gamma_grad(
+    layer: keras.layers.GroupNormalization, a: tf.Tensor, dz: tf.Tensor, u: tf.Tensor
+) -> tf.Tensor:
+    """Per-unit sum of dz * (a - mean_g) / sqrt(var_g + eps) over slices and positions.
+
+    Written with per-channel sums so that the normalised input is never materialised:
+    sum dz * a_hat = rstd_g * (sum dz * a - mean_g * sum dz), per slice and channel.
+    """
+    c = a.shape[-1]
+    g = layer.groups
+    space = list(range(1, len(a.shape) - 1))
+    n = tf.cast(tf.reduce_prod(tf.shape(a)[1:-1]) * (c // g), a.dtype)
+    s1 = tf.reduce_sum(tf.reshape(tf.reduce_sum(a, axis=space), [-1, g, c // g]), axis=2)
+    s2 = tf.reduce_sum(tf.reshape(tf.reduce_sum(a * a, axis=space), [-1, g, c // g]), axis=2)
+    mean = s1 / n  # (slices, G)
+    var = tf.maximum(s2 / n - mean * mean, 0.0)
+    rstd = tf.math.rsqrt(var + layer.epsilon)
+    dza = tf.reduce_sum(dz * a, axis=space)  # (slices, C)
+    dzs = tf.reduce_sum(dz, axis=space)
+    per_slice = tf.repeat(rstd, c // g, axis=1) * (dza - tf.repeat(mean, c // g, axis=1) * dzs)
+    return tf.reduce_sum(tf.reshape(per_slice, [u, -1, c]), axis=1)
