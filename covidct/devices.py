@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,18 @@ class DeviceChoice:
     kind: str  # "ipu", "gpu" or "cpu"
     reason: str
     strategy: Any  # a tf.distribute strategy; its scope() holds the model and optimizer
+
+    @property
+    def jit_compile(self) -> bool:
+        """Graphcore's TensorFlow compiles IPU functions with XLA (``jit_compile=True``)."""
+        return self.kind == "ipu"
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Call a tf.function on the device: through ``strategy.run`` on the IPU (Graphcore's
+        documented pattern), directly elsewhere (the strategy's scope places the variables)."""
+        if self.kind == "ipu":
+            return self.strategy.run(fn, args=args)
+        return fn(*args)
 
     def describe(self) -> str:
         return f"{self.kind.upper()}: {self.reason}"

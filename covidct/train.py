@@ -187,6 +187,8 @@ def train(
             ),
             mode=execution,
             seed=config.seed,
+            jit_compile=device.jit_compile,
+            runner=device.run,
         )
     sampler: PoissonSampler | ShuffledSampler
     if config.sampling is Sampling.POISSON:

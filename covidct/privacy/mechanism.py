@@ -101,6 +101,8 @@ class DPGradient:
         seed: int,
         layer_groups: Sequence[Sequence[int]] | None = None,
         vectorized_impl: str | None = None,
+        jit_compile: bool = False,
+        runner: Callable[..., object] | None = None,
     ) -> None:
         """Build the graph functions.
 
@@ -115,6 +117,9 @@ class DPGradient:
             vectorized_impl: how the vectorized mode gets per-unit gradients: "layerwise"
                 (one batched backward pass; Conv2D, Dense and GroupNormalization layers only),
                 "vectorized_map", or None to take layerwise whenever the model allows it.
+            jit_compile: compile the graph functions with XLA (required on the IPU).
+            runner: ``runner(fn, *args)`` calls a graph function on the device (the IPU's
+                ``strategy.run``); default: a plain call.
         """
         if mode is ExecutionMode.AUTO:
             raise ValueError("resolve ExecutionMode.AUTO before building DPGradient")
@@ -160,8 +165,12 @@ class DPGradient:
             else:
                 self.vectorized_impl = "vectorized_map"
                 logger.info("per-unit gradients with tf.vectorized_map: %s", reason)
-        self._accumulate_fn = tf.function(self._accumulate_graph, reduce_retracing=True)
-        self._reset_fn = tf.function(self._reset_graph)
+        self._jit = jit_compile
+        self._run: Callable[..., object] = runner or (lambda fn, *args: fn(*args))
+        self._accumulate_fn = tf.function(
+            self._accumulate_graph, reduce_retracing=True, jit_compile=jit_compile
+        )
+        self._reset_fn = tf.function(self._reset_graph, jit_compile=jit_compile)
         self._result_fn = tf.function(self._result_graph)
         self._apply_fns: dict[int, Callable[[tf.Tensor], None]] = {}
 
@@ -250,7 +259,7 @@ class DPGradient:
 
     def reset(self) -> None:
         """Start a new logical batch."""
-        self._reset_fn()
+        self._run(self._reset_fn)
 
     def _reset_graph(self) -> None:
         for acc in self._acc:
@@ -267,7 +276,8 @@ class DPGradient:
             y: (U,) float32 unit labels.
             present: (U,) float32, 1 for a sampled unit, 0 for padding (keeps shapes static).
         """
-        self._accumulate_fn(
+        self._run(
+            self._accumulate_fn,
             tf.convert_to_tensor(x, tf.float32),
             tf.convert_to_tensor(mask, tf.float32),
             tf.convert_to_tensor(y, tf.float32),
@@ -304,8 +314,8 @@ class DPGradient:
                 grads = self._result_graph(step)
                 optimizer.apply_gradients(zip(grads, self.variables, strict=True))
 
-            fn = self._apply_fns[id(optimizer)] = tf.function(apply_graph)
-        fn(tf.constant(step, tf.int64))
+            fn = self._apply_fns[id(optimizer)] = tf.function(apply_graph, jit_compile=self._jit)
+        self._run(fn, tf.constant(step, tf.int64))
 
     def _result_graph(self, step: tf.Tensor) -> list[tf.Tensor]:
         s = self.settings
@@ -316,6 +326,8 @@ class DPGradient:
                 assert s.clip_norm is not None  # enforced by DPSettings
                 std = s.noise_multiplier * s.clip_norm
                 seed = tf.stack([tf.constant(self.seed, tf.int64), step * 100_003 + i])
+                # a pure function of (seed, step) for a given device and compiler (XLA draws
+                # other numbers from the same seed): a resumed run repeats its noise
                 noise = tf.random.stateless_normal(tf.shape(g), seed=seed, dtype=g.dtype)
                 g = g + std * noise
             out.append(g / s.expected_batch_size)
