@@ -79,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--privacy-unit", choices=["patient", "slice"], help="unit of privacy")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_config_args(t)
+
+    a = sub.add_parser(
+        "audit", help="membership-inference audit of a trained run (also run by train)"
+    )
+    a.add_argument("run", type=Path, help="a run folder written by covidct train")
     return parser
 
 
@@ -205,8 +210,28 @@ def _cmd_train(args: argparse.Namespace, cfg: Config) -> int:
         f"specificity {_fmt(p['specificity'])} (threshold {p['threshold']:.3f} from validation); "
         f"{result.seconds:.0f} s on {result.device}"
     )
+    audit = result.privacy.audit
+    if audit:
+        print(
+            f"audit: attack AUC {audit['attack_auc']:.3f}, proven epsilon >= "
+            f"{audit['epsilon_lower_bound']:.3g} (guarantee: {_fmt_eps(eps)})"
+        )
     print(f"privacy report: {result.run_dir / 'privacy_report.md'}")
     print(f"metrics:        {result.run_dir / 'metrics.json'}")
+    return 0
+
+
+def _cmd_audit(args: argparse.Namespace, cfg: Config) -> int:
+    from covidct.train import audit_run
+
+    audit = audit_run(args.run)
+    for a in audit["attacks"]:
+        print(
+            f"{a['attack']:<20} AUC {a['auc']:.3f}  advantage {a['advantage']:.3f}  "
+            f"epsilon >= {a['epsilon_lower_bound']:.3g}"
+        )
+    print(audit["reading"])
+    print(f"written: {args.run / 'audit.json'} and {args.run / 'privacy_report.md'}")
     return 0
 
 
@@ -214,7 +239,16 @@ def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
-COMMANDS = {"synth": _cmd_synth, "prepare": _cmd_prepare, "train": _cmd_train}
+def _fmt_eps(x: float) -> str:
+    return "none (not private)" if x == float("inf") else f"epsilon {x:.3g}"
+
+
+COMMANDS = {
+    "synth": _cmd_synth,
+    "prepare": _cmd_prepare,
+    "train": _cmd_train,
+    "audit": _cmd_audit,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

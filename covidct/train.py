@@ -11,7 +11,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -256,7 +256,8 @@ def train(
                 break
     if bar is not None:
         bar.close()
-    model.set_weights(best_weights)
+    if config.restore_best:
+        model.set_weights(best_weights)
 
     val_pred = predict(model, val, store)
     test_pred = predict(model, test, store)
@@ -265,7 +266,12 @@ def train(
     _save_model(model, run)
 
     report = _privacy_report(plan, config, train_units, steps_taken, eps_per_epoch[: len(history)])
+    say("auditing: membership inference on training vs held-out patients")
+    audit = _audit(model, train_units, store, [val_pred, test_pred], report)
+    write_json(run, "audit.json", audit)
+    report = replace(report, audit=audit)
     write_report(report, run)
+    say(audit["reading"])
     write_json(run, "metrics.json", metrics)
     write_json(run, "history.json", history)
     seconds = time.perf_counter() - t0
@@ -277,6 +283,7 @@ def train(
             "device": device.describe(),
             "execution": execution.value,
             "model": config.model,
+            "privacy_unit": config.privacy_unit.value,
             "image_size": size,
             "seconds": round(seconds, 1),
             "steps": steps_taken,
@@ -365,6 +372,51 @@ def predict(model: Any, units: Units, store: SliceStore, *, batch: int = 256) ->
         labels=np.array([lab for _, lab, _ in refs], np.float32),
         probs=probs,
     )
+
+
+def _audit(
+    model: Any, train_units: Units, store: SliceStore, held_out: list[Predictions], report: Any
+) -> dict[str, Any]:
+    """Membership inference: the training patients against the validation and test ones."""
+    from covidct.privacy.audit import audit_predictions
+
+    members = predict(model, train_units, store)
+    others = Predictions(
+        patients=[p for pred in held_out for p in pred.patients],
+        labels=np.concatenate([pred.labels for pred in held_out]),
+        probs=np.concatenate([pred.probs for pred in held_out]),
+    )
+    return audit_predictions(
+        members, others, theoretical_epsilon=report.epsilon, delta=report.delta
+    )
+
+
+def audit_run(run_dir: Path) -> dict[str, Any]:
+    """Re-run the audit of a finished run (``covidct audit RUN``); rewrites audit.json and the
+    privacy report. The prepared dataset must still be where the run recorded it."""
+    import json
+
+    from covidct.privacy.report import read_report, write_report
+    from covidct.tfsetup import keras
+
+    meta_path = run_dir / "run.json"
+    if not meta_path.is_file():
+        raise DataError(f"{run_dir} is not a finished run (no run.json): train it first")
+    meta = json.loads(meta_path.read_text())
+    prep = Path(meta["prep"])
+    unit = PrivacyUnit(meta.get("privacy_unit", PrivacyUnit.PATIENT.value))
+    train_units = load_units(prep, "train", unit)
+    store = SliceStore(prep)
+    model = keras.models.load_model(run_dir / "model.keras", compile=False)
+    held_out = [
+        predict(model, load_units(prep, split, PrivacyUnit.PATIENT), store)
+        for split in ("validation", "test")
+    ]
+    report = read_report(run_dir)
+    audit = _audit(model, train_units, store, held_out, report)
+    write_json(run_dir, "audit.json", audit)
+    write_report(replace(report, audit=audit), run_dir)
+    return audit
 
 
 def _max_units_per_patient(units: Units) -> int:

@@ -39,6 +39,8 @@ class TrainConfig:
         chunk_units: units per graph call (memory is bounded by this, not the batch size).
         patient_score: how slice probabilities become a patient probability.
         early_stopping_patience: epochs without validation improvement before stopping (0=off).
+        restore_best: keep the weights of the epoch with the best validation patient AUC
+            (else the last epoch's).
         initial_weights: optional weights file (.h5 / .keras) for public pretraining.
         device: auto, cpu, gpu or ipu.
         seed: seeds initialisation, sampling and noise.
@@ -61,6 +63,7 @@ class TrainConfig:
     chunk_units: int = 16
     patient_score: PatientScore = PatientScore.MEAN
     early_stopping_patience: int = 0
+    restore_best: bool = True
     initial_weights: str = ""
     device: str = "auto"
     seed: int = 0

@@ -59,6 +59,7 @@ class PrivacyReport:
         epsilon_per_epoch: cumulative epsilon after each epoch.
         tf_privacy_statement: tensorflow-privacy's statement for the same run.
         notes: assumptions and caveats, in plain sentences.
+        audit: the empirical membership-inference audit (covidct.privacy.audit), once run.
     """
 
     dp: bool
@@ -79,6 +80,7 @@ class PrivacyReport:
     epsilon_per_epoch: list[float]
     tf_privacy_statement: str
     notes: list[str]
+    audit: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -352,14 +354,14 @@ def report_from_json(d: dict[str, Any]) -> PrivacyReport:
             f"{d.get('format')!r}. Fix: regenerate it with `covidct report`."
         )
     names = {f.name for f in dataclasses.fields(PrivacyReport)}
-    missing = names - d.keys()
+    missing = names - d.keys() - {"audit"}  # reports written before the audit existed
     unknown = d.keys() - names - {"format"}
     if missing or unknown:
         raise ReportFormatError(
             f"privacy report keys: missing {sorted(missing)}, unknown {sorted(unknown)}. "
             "Fix: regenerate it with `covidct report`."
         )
-    values = {name: d[name] for name in names}
+    values = {name: d[name] for name in names if name in d}
     try:
         for key in _FLOAT_KEYS:
             values[key] = _float_in(d[key], key)
@@ -440,6 +442,27 @@ def _fmt(x: float | None) -> str:
     return "inf" if math.isinf(x) else f"{x:.6g}"
 
 
+def _audit_section(audit: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Empirical audit: membership inference",
+        "",
+        audit["reading"],
+        "",
+        f"{audit['members']} training patients against {audit['non_members']} held-out "
+        f"patients ({' and '.join(audit['non_member_splits'])} splits).",
+        "",
+        "| attack | AUC | advantage (TPR - FPR) | epsilon proven (lower bound) |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {a['attack'].replace('_', ' ')} | {a['auc']:.3f} | {a['advantage']:.3f} | "
+        f"{a['epsilon_lower_bound']:.3g} |"
+        for a in audit["attacks"]
+    ]
+    lines.append("")
+    return lines
+
+
 def report_to_markdown(report: PrivacyReport) -> str:
     """The report for a privacy officer: plain language, numbers, notes, then tf-privacy's text.
 
@@ -476,6 +499,8 @@ def report_to_markdown(report: PrivacyReport) -> str:
         lines += ["Epsilon after each epoch:", "", "| epoch | epsilon |", "|---|---|"]
         lines += [f"| {i} | {_fmt(e)} |" for i, e in enumerate(r.epsilon_per_epoch, start=1)]
         lines.append("")
+    if r.audit:
+        lines += _audit_section(r.audit)
     lines += ["## Assumptions and caveats", ""]
     lines += [f"- {n}" for n in r.notes]
     lines.append("")
@@ -504,3 +529,21 @@ def write_report(report: PrivacyReport, run_dir: Path) -> None:
     atomic_write_json(run_dir / JSON_NAME, report_to_json(report))
     atomic_write_text(run_dir / MARKDOWN_NAME, report_to_markdown(report))
     logger.info("privacy report written to %s (epsilon=%s)", run_dir, _fmt(report.epsilon))
+
+
+def read_report(run_dir: Path) -> PrivacyReport:
+    """Read ``privacy_report.json`` from a run folder.
+
+    Raises:
+        ReportFormatError: missing, unreadable or not a privacy report.
+    """
+    import json
+
+    path = run_dir / JSON_NAME
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ReportFormatError(
+            f"cannot read {path}: {err}. Fix: point at a run folder written by covidct train."
+        ) from err
+    return report_from_json(data)

@@ -15,7 +15,7 @@ from covidct.cli import main
 from covidct.data.units import PoissonSampler
 from covidct.privacy.accounting import PrivacyRequestError
 from covidct.train import plan_privacy, train
-from covidct.train_config import TrainConfig
+from covidct.train_config import OptimizerName, TrainConfig
 from data_prep.pipeline import PrepConfig, prepare
 from data_prep.synth import CohortFormat, SynthConfig, write_cohort
 from data_prep.worker import SliceSettings
@@ -58,6 +58,7 @@ def test_run_folder_is_complete(dp_run):
         "metrics.json",
         "history.json",
         "run.json",
+        "audit.json",
         "checkpoints/last.h5",
     ]:
         assert (run / name).is_file(), name
@@ -177,3 +178,69 @@ def test_slice_unit_run_reports_what_it_does_not_cover(prep, tmp_path):
     assert r["n_units"] > 28  # slices, not patients
     notes = " ".join(r["notes"]).lower()
     assert "group privacy" in notes and "does not" in notes
+
+
+def test_audit_separates_an_overfit_baseline_from_a_strongly_private_model(prep, tmp_path):
+    """Same data, same model: memorised (no DP, random labels, last weights) vs epsilon 0.5.
+
+    Random labels force memorisation: nothing generalises, so the training patients' losses
+    fall while the held-out patients' do not; a DP model cannot do this (a constant attack
+    would score 0.5 on both and fail the first assertion).
+    """
+    import csv
+    import shutil
+
+    shuffled = tmp_path / "prep_random_labels"
+    shutil.copytree(prep, shuffled)
+    with (shuffled / "manifest.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    patients = sorted({r["patient_id"] for r in rows})
+    flips = np.random.default_rng(0).permutation([0, 1] * (len(patients) // 2))
+    label = dict(zip(patients, flips, strict=True))
+    for r in rows:
+        r["label"] = str(int(label[r["patient_id"]]))
+    with (shuffled / "manifest.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+    overfit = train(
+        shuffled,
+        config=replace(
+            TINY,
+            epochs=120,
+            batch_size=4,
+            max_slices_per_unit=6,
+            optimizer=OptimizerName.ADAM,
+            learning_rate=0.003,
+            restore_best=False,
+        ),
+        target_epsilon=math.inf,
+        runs_dir=tmp_path,
+        run_id="overfit",
+    )
+    private = train(shuffled, config=TINY, target_epsilon=0.5, runs_dir=tmp_path, run_id="dp")
+    leaky = json.loads((overfit.run_dir / "audit.json").read_text())
+    safe = json.loads((private.run_dir / "audit.json").read_text())
+    assert leaky["attack_auc"] > 0.85, leaky["attacks"]
+    assert safe["attack_auc"] < 0.75, safe["attacks"]
+    assert leaky["attack_auc"] - safe["attack_auc"] > 0.2
+    assert safe["epsilon_lower_bound"] <= 0.5  # never above the guarantee
+    assert safe["members"] + safe["non_members"] == 40
+    md = (private.run_dir / "privacy_report.md").read_text()
+    assert "Empirical audit" in md and "bracket" in md
+
+
+def test_cli_audit_rewrites_the_runs_audit(dp_run, capsys):
+    (dp_run.run_dir / "audit.json").unlink()
+    assert main(["audit", str(dp_run.run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "loss_threshold" in out and "epsilon >=" in out
+    audit = json.loads((dp_run.run_dir / "audit.json").read_text())
+    report = json.loads((dp_run.run_dir / "privacy_report.json").read_text())
+    assert report["audit"] == audit
+
+
+def test_cli_audit_of_a_folder_that_is_not_a_run_says_so(tmp_path, capsys):
+    assert main(["audit", str(tmp_path)]) == 2
+    assert "not a finished run" in capsys.readouterr().err

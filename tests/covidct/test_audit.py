@@ -1,0 +1,99 @@
+"""The membership-inference audit against mechanisms whose privacy loss is known exactly."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from covidct.evaluate import Predictions
+from covidct.privacy.audit import AUDIT_FORMAT, audit_predictions, epsilon_lower_bound
+
+
+def _randomized_response(eps: float, n: int, rng: np.random.Generator):
+    """Members answer 1 with probability e^eps / (1 + e^eps), others with 1 / (1 + e^eps):
+    an eps-DP mechanism whose best test proves exactly eps."""
+    p = math.exp(eps) / (1 + math.exp(eps))
+    return (rng.random(n) < p).astype(float), (rng.random(n) < 1 - p).astype(float)
+
+
+def test_lower_bound_is_valid_and_tight_on_randomized_response():
+    rng = np.random.default_rng(0)
+    for eps in (0.5, 1.0, 2.0):
+        members, others = _randomized_response(eps, 20_000, rng)
+        bound = epsilon_lower_bound(members, others, delta=0.0)
+        assert bound <= eps  # never claims more than the truth
+        assert bound > 0.8 * eps  # and finds most of it with 10,000 per half
+
+
+def test_lower_bound_is_zero_without_leakage_at_the_stated_confidence():
+    rng = np.random.default_rng(1)
+    positives = sum(
+        epsilon_lower_bound(rng.normal(size=200), rng.normal(size=200), delta=1e-5, seed=s) > 0
+        for s in range(40)
+    )
+    assert positives <= 4  # 95% confidence: about 2 false claims in 40 expected at most
+
+
+def _predictions(n: int, scale: float, rng: np.random.Generator, tag: str) -> Predictions:
+    """n patients of 4 slices; slice loss ~ Exponential(scale), correct side of 0.5."""
+    patients, labels, probs = [], [], []
+    for i in range(n):
+        y = float(i % 2)
+        for _ in range(4):
+            confident = math.exp(-rng.exponential(scale))  # probability of the true class
+            patients.append(f"{tag}{i}")
+            labels.append(y)
+            probs.append(confident if y else 1 - confident)
+    return Predictions(patients, np.array(labels, np.float32), np.array(probs, np.float32))
+
+
+def test_attacks_separate_memorised_patients_and_not_identical_ones():
+    rng = np.random.default_rng(2)
+    leaky = audit_predictions(
+        _predictions(200, 0.05, rng, "m"),
+        _predictions(100, 1.0, rng, "o"),
+        theoretical_epsilon=math.inf,
+        delta=1e-4,
+    )
+    assert leaky["format"] == AUDIT_FORMAT
+    assert {a["attack"] for a in leaky["attacks"]} == {"loss_threshold", "logistic_regression"}
+    assert leaky["attack_auc"] > 0.9
+    assert leaky["epsilon_lower_bound"] > 1.0
+    assert "no privacy guarantee" in leaky["reading"]
+
+    same = audit_predictions(
+        _predictions(200, 0.5, rng, "m"),
+        _predictions(100, 0.5, rng, "o"),
+        theoretical_epsilon=3.0,
+        delta=1e-4,
+    )
+    for a in same["attacks"]:
+        assert abs(a["auc"] - 0.5) < 0.1, a
+    assert same["epsilon_lower_bound"] < 3.0
+    assert "bracket" in same["reading"]
+
+
+def test_a_bound_above_the_guarantee_is_called_a_bug():
+    rng = np.random.default_rng(3)
+    audit = audit_predictions(
+        _predictions(200, 0.01, rng, "m"),
+        _predictions(100, 2.0, rng, "o"),
+        theoretical_epsilon=0.1,
+        delta=1e-4,
+    )
+    assert audit["epsilon_lower_bound"] > 0.1
+    assert "ABOVE the guarantee" in audit["reading"]
+
+
+@pytest.mark.parametrize("n_members, n_others", [(1, 5), (5, 1)])
+def test_tiny_groups_give_no_claim_instead_of_an_error(n_members, n_others):
+    rng = np.random.default_rng(4)
+    audit = audit_predictions(
+        _predictions(n_members, 0.5, rng, "m"),
+        _predictions(n_others, 0.5, rng, "o"),
+        theoretical_epsilon=3.0,
+        delta=1e-4,
+    )
+    assert audit["epsilon_lower_bound"] == 0.0
