@@ -80,6 +80,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_config_args(t)
 
+    w = sub.add_parser("sweep", help="privacy/utility curves: a grid of trainings")
+    w.add_argument("--data", type=Path, required=True, help="the prepared-data folder (PREP)")
+    w.add_argument(
+        "--epsilons", required=True, help="target epsilons, e.g. 1,3,8,inf (inf = baseline)"
+    )
+    w.add_argument(
+        "--batch-sizes", help="expected logical batch sizes, e.g. 16,64,256 (default: config's)"
+    )
+    w.add_argument("--seeds", type=int, default=1, help="seeds per point (default 1)")
+    w.add_argument(
+        "--out", type=Path, help="sweep folder (default sweeps/<time>); an existing one resumes"
+    )
+    w.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_config_args(w)
+
     a = sub.add_parser(
         "audit", help="membership-inference audit of a trained run (also run by train)"
     )
@@ -221,6 +236,62 @@ def _cmd_train(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace, cfg: Config) -> int:
+    import time
+
+    from covidct.config import to_dict
+    from covidct.sweep import SweepError, SweepPoint, grid, parse_epsilons, run_sweep
+
+    epsilons = parse_epsilons(args.epsilons)
+    if args.batch_sizes:
+        try:
+            sizes = [int(b) for b in args.batch_sizes.split(",")]
+        except ValueError:
+            raise SweepError(
+                f"--batch-sizes: {args.batch_sizes!r} is not a list of integers"
+            ) from None
+    else:
+        sizes = [cfg.train.batch_size]
+    total = len(grid(epsilons, sizes, args.seeds))
+    out = args.out or Path("sweeps") / time.strftime("%Y%m%d-%H%M%S")
+    bar = None
+    if not args.no_progress and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, unit="run", desc="sweep")
+    done = [0]
+
+    def on_point(point: SweepPoint, what: str) -> None:
+        if what == "start":
+            if bar is not None:
+                bar.set_postfix_str(point.run_id)
+            else:
+                print(f"[{done[0] + 1}/{total}] training {point.run_id}", file=sys.stderr)
+            return
+        done[0] += 1
+        if bar is not None:
+            bar.update(1)
+        elif what == "skip":
+            print(f"[{done[0]}/{total}] {point.run_id} already finished", file=sys.stderr)
+
+    rows = run_sweep(
+        args.data,
+        out,
+        epsilons=epsilons,
+        batch_sizes=sizes,
+        seeds=args.seeds,
+        config=cfg.train,
+        resolved_config=to_dict(cfg),
+        on_point=on_point,
+    )
+    if bar is not None:
+        bar.close()
+    print(f"sweep {out}: {len(rows)} runs")
+    print(f"curves:  {out / 'curves.csv'}")
+    print(f"report:  {out / 'sweep_report.md'}")
+    return 0
+
+
 def _cmd_audit(args: argparse.Namespace, cfg: Config) -> int:
     from covidct.train import audit_run
 
@@ -247,6 +318,7 @@ COMMANDS = {
     "synth": _cmd_synth,
     "prepare": _cmd_prepare,
     "train": _cmd_train,
+    "sweep": _cmd_sweep,
     "audit": _cmd_audit,
 }
 

@@ -16,31 +16,10 @@ from covidct.data.units import PoissonSampler
 from covidct.privacy.accounting import PrivacyRequestError
 from covidct.train import plan_privacy, train
 from covidct.train_config import OptimizerName, TrainConfig
-from data_prep.pipeline import PrepConfig, prepare
-from data_prep.synth import CohortFormat, SynthConfig, write_cohort
-from data_prep.worker import SliceSettings
 
 TINY = TrainConfig(
     epochs=2, batch_size=8, max_slices_per_unit=2, chunk_units=8, learning_rate=0.05, seed=1
 )
-
-
-@pytest.fixture(scope="module")
-def prep(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("train")
-    write_cohort(
-        root / "cohort",
-        SynthConfig(
-            n_patients=40, n_slices=6, matrix=32, seed=3, formats=CohortFormat.NIFTI, workers=1
-        ),
-    )
-    prepare(
-        [root / "cohort"],
-        root / "prep",
-        config=PrepConfig(slices=SliceSettings(image_size=32), workers=1),
-        labels=[root / "cohort" / "labels.csv"],
-    )
-    return root / "prep"
 
 
 @pytest.fixture(scope="module")
