@@ -95,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_config_args(w)
 
+    r = sub.add_parser("report", help="show a run or sweep; write a model card")
+    r.add_argument("path", type=Path, help="a run folder or a sweep folder")
+    r.add_argument("--markdown", type=Path, help="write the model card (or sweep report) here")
+    r.add_argument("--html", type=Path, help="write it as one self-contained HTML file here")
+
     a = sub.add_parser(
         "audit", help="membership-inference audit of a trained run (also run by train)"
     )
@@ -292,6 +297,34 @@ def _cmd_sweep(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace, cfg: Config) -> int:
+    from covidct import model_card
+    from data_prep.atomic import atomic_write_text
+
+    if (args.path / "sweep.json").is_file():
+        if not (args.path / "sweep_report.md").is_file():
+            raise model_card.ReportInputError(
+                f"{args.path} has no finished runs yet: run covidct sweep again to resume it"
+            )
+        text = (args.path / "sweep_report.md").read_text()
+        print(text)
+        if args.markdown:
+            atomic_write_text(args.markdown, text)
+        if args.html:
+            atomic_write_text(args.html, model_card.sweep_html(args.path))
+    else:
+        run = model_card.load_run(args.path)
+        print(model_card.terminal_summary(run))
+        if args.markdown:
+            atomic_write_text(args.markdown, model_card.model_card_markdown(run))
+        if args.html:
+            atomic_write_text(args.html, model_card.model_card_html(run))
+    for out in (args.markdown, args.html):
+        if out:
+            print(f"written: {out}")
+    return 0
+
+
 def _cmd_audit(args: argparse.Namespace, cfg: Config) -> int:
     from covidct.train import audit_run
 
@@ -319,6 +352,7 @@ COMMANDS = {
     "prepare": _cmd_prepare,
     "train": _cmd_train,
     "sweep": _cmd_sweep,
+    "report": _cmd_report,
     "audit": _cmd_audit,
 }
 
