@@ -7,10 +7,11 @@ DEMO := demo
 
 .PHONY: venv demo test lint typecheck unit bench clean
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt tools/install_privacy_tests.py
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/python tools/install_privacy_tests.py
 	@touch $(STAMP)
 
 venv: $(STAMP)

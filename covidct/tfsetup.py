@@ -13,6 +13,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -56,4 +57,24 @@ if not keras.__version__.startswith(tf.__version__.rsplit(".", 1)[0]):
 # pfor's notes ("Conv2DBackpropFilter uses a while_loop") and similar are not for users
 tf.get_logger().setLevel("ERROR")
 
-__all__ = ["keras", "quiet_stderr", "tf"]
+
+def privacy_tests() -> tuple[Any, Any]:
+    """tensorflow-privacy's membership-inference attack module and its data structures.
+
+    Installed by ``tools/install_privacy_tests.py`` (``make venv``): tensorflow-privacy 0.9.0's
+    wheel lacks the package.
+    """
+    try:
+        from tensorflow_privacy.privacy.privacy_tests.membership_inference_attack import (
+            data_structures,
+            membership_inference_attack,
+        )
+    except ImportError as err:
+        raise ImportError(
+            f"tensorflow-privacy's privacy_tests is not installed ({err}). Fix: run "
+            "`make venv` (or .venv/bin/python tools/install_privacy_tests.py)."
+        ) from err
+    return membership_inference_attack, data_structures
+
+
+__all__ = ["keras", "privacy_tests", "quiet_stderr", "tf"]

@@ -20,6 +20,9 @@ def prep(tmp_path_factory: pytest.TempPathFactory) -> Path:
             n_patients=40, n_slices=6, matrix=32, seed=3, formats=CohortFormat.NIFTI, workers=1
         ),
     )
+    # a fixed pseudonym key: the same pseudonyms, hence the same patient split, every session
+    (root / "prep" / "private").mkdir(parents=True)
+    (root / "prep" / "private" / "pseudonym.key").write_text("5eed" * 16)
     prepare(
         [root / "cohort"],
         root / "prep",
@@ -27,3 +30,12 @@ def prep(tmp_path_factory: pytest.TempPathFactory) -> Path:
         labels=[root / "cohort" / "labels.csv"],
     )
     return root / "prep"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _deterministic_tensorflow() -> None:
+    """Same results whatever ran before and however busy the CPU is (thread-order-dependent
+    float sums otherwise make long memorisation runs drift between test orders)."""
+    from covidct.tfsetup import tf
+
+    tf.config.experimental.enable_op_determinism()

@@ -97,3 +97,19 @@ def test_tiny_groups_give_no_claim_instead_of_an_error(n_members, n_others):
         delta=1e-4,
     )
     assert audit["epsilon_lower_bound"] == 0.0
+
+
+def test_threshold_attack_auc_equals_an_independent_roc_of_minus_the_loss():
+    """privacy_tests' THRESHOLD_ATTACK on our per-patient losses == sklearn's ROC AUC."""
+    from sklearn.metrics import roc_auc_score
+
+    from covidct.privacy.audit import patient_features
+
+    rng = np.random.default_rng(5)
+    members, others = _predictions(60, 0.3, rng, "m"), _predictions(30, 0.6, rng, "o")
+    audit = audit_predictions(members, others, theoretical_epsilon=3.0, delta=1e-4)
+    lm, lo = patient_features(members).mean_loss, patient_features(others).mean_loss
+    want = roc_auc_score(np.r_[np.ones(len(lm)), np.zeros(len(lo))], np.r_[-lm, -lo])
+    got = {a["attack"]: a["auc"] for a in audit["attacks"]}["loss_threshold"]
+    assert got == pytest.approx(want, abs=1e-12)
+    assert "privacy_tests" in audit["attack_library"]
