@@ -218,11 +218,11 @@ def train(
                 rng=rng,
             ):
                 dp.accumulate(*chunk)
-            dp.apply(optimizer, step=step)
-            steps_taken += 1
-            if dp.units_in_batch:
+            if bar is not None and dp.units_in_batch:  # read before apply clears the sums
                 loss_sum += dp.mean_unit_loss
                 loss_n += 1
+            dp.apply(optimizer, step=step)
+            steps_taken += 1
             if bar is not None:
                 bar.update(1)
                 # the training loss is computed on private data without noise: console only,

@@ -173,6 +173,7 @@ class DPGradient:
         self._reset_fn = tf.function(self._reset_graph, jit_compile=jit_compile)
         self._result_fn = tf.function(self._result_graph)
         self._apply_fns: dict[int, Callable[[tf.Tensor], None]] = {}
+        self._clean = False  # True when the sums are known to be zero (reset can be skipped)
 
     # ---- per-unit pieces -------------------------------------------------------------------
 
@@ -258,8 +259,10 @@ class DPGradient:
     # ---- public API -------------------------------------------------------------------------
 
     def reset(self) -> None:
-        """Start a new logical batch."""
-        self._run(self._reset_fn)
+        """Start a new logical batch (free when ``apply`` already cleared the sums)."""
+        if not self._clean:
+            self._run(self._reset_fn)
+            self._clean = True
 
     def _reset_graph(self) -> None:
         for acc in self._acc:
@@ -276,6 +279,7 @@ class DPGradient:
             y: (U,) float32 unit labels.
             present: (U,) float32, 1 for a sampled unit, 0 for padding (keeps shapes static).
         """
+        self._clean = False
         self._run(
             self._accumulate_fn,
             tf.convert_to_tensor(x, tf.float32),
@@ -313,9 +317,11 @@ class DPGradient:
             def apply_graph(step: tf.Tensor) -> None:
                 grads = self._result_graph(step)
                 optimizer.apply_gradients(zip(grads, self.variables, strict=True))
+                self._reset_graph()  # the next logical batch starts from zero
 
             fn = self._apply_fns[id(optimizer)] = tf.function(apply_graph, jit_compile=self._jit)
         self._run(fn, tf.constant(step, tf.int64))
+        self._clean = True
 
     def _result_graph(self, step: tf.Tensor) -> list[tf.Tensor]:
         s = self.settings

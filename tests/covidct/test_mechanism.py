@@ -240,3 +240,17 @@ def test_runner_and_xla_path_used_on_the_ipu_give_the_same_sums():
         flat(model.trainable_variables), before - flat(want.result(step=2)), rtol=1e-4, atol=1e-6
     )
     assert len(calls) == 3  # reset, accumulate, apply: nothing ran beside the strategy
+
+
+def test_apply_updates_with_the_noisy_mean_and_starts_the_next_batch_from_zero():
+    model = tiny_model()
+    batch = unit_batch()
+    settings = DPSettings(clip_norm=0.05, noise_multiplier=0.7, expected_batch_size=4.0)
+    dp = dp_sum(model, settings, ExecutionMode.NANOBATCH, batch, seed=3)
+    want = flat(model.trainable_variables) - 0.5 * flat(dp.result(step=9))
+    dp.apply(keras.optimizers.SGD(learning_rate=0.5), step=9)
+    np.testing.assert_allclose(flat(model.trainable_variables), want, rtol=1e-5, atol=1e-6)
+    assert dp.units_in_batch == 0 and not np.any(flat(dp.clipped_sum()))
+    dp.reset()  # nothing to clear; the next batch accumulates from zero as before
+    dp.accumulate(*batch)
+    assert dp.units_in_batch == len(batch[2])
