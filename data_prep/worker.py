@@ -21,6 +21,7 @@ from data_prep.readers.dicom import read_series
 from data_prep.readers.images import read_image
 from data_prep.readers.nifti import read_nifti
 from data_prep.slicing import lung_slice_range, resize_slices
+from data_prep.volume import Volume
 
 
 @dataclass(frozen=True)
@@ -56,13 +57,17 @@ def process_job(
         return {"status": "skipped", "reason": "scan too large for memory", "file_skips": []}
 
 
-def _process_hu(
-    job: Job, settings: SliceSettings, out_dir: Path, ps: Pseudonymizer
-) -> dict[str, Any]:
-    if job.kind == JobKind.DICOM:
-        vol = read_series(job.headers)
-    else:
-        vol = read_nifti(Path(job.sources[0]), label=job.folder_label)
+def hu_volume_slices(vol: Volume, settings: SliceSettings) -> tuple[np.ndarray, tuple[int, int]]:
+    """The training slices of a HU volume: lung range, lung window, resize, uint8.
+
+    The one definition of preprocessing, shared by ``covidct prepare`` and dashboard uploads.
+
+    Returns:
+        (uint8 array (n, size, size), (start, stop) of the slices kept in the volume).
+
+    Raises:
+        InputError: no slice contains lung.
+    """
     start, stop = 0, vol.n_slices
     if settings.lung_only:
         rng = lung_slice_range(vol.array, min_lung_fraction=settings.min_lung_fraction)
@@ -72,7 +77,22 @@ def _process_hu(
             )
         start, stop = rng
     unit = window(vol.array[start:stop], level=settings.window_level, width=settings.window_width)
-    slices = to_uint8(resize_slices(unit, size=settings.image_size))
+    return to_uint8(resize_slices(unit, size=settings.image_size)), (start, stop)
+
+
+def image_slice(vol: Volume, settings: SliceSettings) -> np.ndarray:
+    """The training slice of one 8-bit slice image (resized, uint8, shape (size, size))."""
+    return to_uint8(resize_slices(gray8_to_unit(vol.array), size=settings.image_size))[0]
+
+
+def _process_hu(
+    job: Job, settings: SliceSettings, out_dir: Path, ps: Pseudonymizer
+) -> dict[str, Any]:
+    if job.kind == JobKind.DICOM:
+        vol = read_series(job.headers)
+    else:
+        vol = read_nifti(Path(job.sources[0]), label=job.folder_label)
+    slices, (start, stop) = hu_volume_slices(vol, settings)
     positions: list[float | None] = (
         [_finite_or_none(p) for p in vol.positions[start:stop]]
         if vol.positions is not None
@@ -112,7 +132,7 @@ def _process_images(
         except InputError as exc:
             bad.append((i, str(exc)))
             continue
-        unit_slices.append(resize_slices(gray8_to_unit(v.array), size=settings.image_size)[0])
+        unit_slices.append(image_slice(v, settings))
         used.append(i)
         flags.extend(f for f in v.flags if f not in flags)
     if not unit_slices:
@@ -120,7 +140,7 @@ def _process_images(
             raise InputError(bad[0][1])
         raise InputError(f"none of the {len(job.sources)} images could be read ({bad[0][1]})")
     flags.insert(0, "8-bit slice images: intensities are display values, not HU")
-    slices = to_uint8(np.stack(unit_slices))
+    slices = np.stack(unit_slices)
     volume_id = ps.volume(f"{job.kind}:{job.series_key}")
     atomic_save_npy(out_dir / "slices" / f"{volume_id}.npy", slices)
     return {

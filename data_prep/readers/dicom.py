@@ -7,11 +7,13 @@ Identifiers read here (PatientID, UIDs) stay in memory and are only ever hashed 
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -57,8 +59,11 @@ class RawPixels:
     slope: float
     intercept: float
 
-    def read(self, path: str, rows: int, columns: int) -> np.ndarray:
-        """Pixels in HU, exactly as pydicom's pixel_array plus rescale would give them."""
+    def read(self, path: str, rows: int, columns: int, data: bytes | None = None) -> np.ndarray:
+        """Pixels in HU, exactly as pydicom's pixel_array plus rescale would give them.
+
+        ``data``: the file's bytes when it lives in memory (an upload); else read from ``path``.
+        """
         n = rows * columns
         kind = "i" if self.signed else "u"
         dtype = np.dtype(f"{self.byte_order}{kind}{self.bits_allocated // 8}")
@@ -67,7 +72,11 @@ class RawPixels:
                 f"pixel data holds {self.length} bytes, {rows}x{columns} pixels need "
                 f"{n * dtype.itemsize}"
             )
-        arr = np.fromfile(path, dtype=dtype, count=n, offset=self.offset)
+        if data is not None:
+            avail = max(0, (len(data) - self.offset) // dtype.itemsize)
+            arr = np.frombuffer(data, dtype=dtype, count=min(n, avail), offset=self.offset)
+        else:
+            arr = np.fromfile(path, dtype=dtype, count=n, offset=self.offset)
         if arr.size < n:
             raise PixelDecodeError(f"file truncated: {arr.size} of {n} pixels present")
         if self.bits_stored < self.bits_allocated:
@@ -230,6 +239,8 @@ class DicomHeader:
     # Where the pixel bytes lie when they are stored raw (native transfer syntax), so that the
     # decode step reads them directly instead of parsing the whole header a second time.
     raw_pixels: RawPixels | None = None
+    # The whole file, for DICOM read from memory (dashboard uploads never touch disk).
+    data: bytes | None = field(default=None, repr=False, compare=False)
 
     @property
     def is_localizer(self) -> bool:
@@ -245,11 +256,13 @@ class DicomHeader:
         return n / norm if norm > 1e-6 else None
 
 
-def probe_file(path: Path) -> DicomHeader:
+def probe_file(path: Path | str, data: bytes | None = None) -> DicomHeader:
     """Read one file's header, leaving the pixel data unread.
 
     Args:
-        path: a file that may be DICOM (any name, with or without extension).
+        path: a file that may be DICOM (any name, with or without extension); with ``data``,
+            only the name shown in messages.
+        data: the file's bytes, for a file held in memory (never written to disk).
 
     Returns:
         The header fields used to group, order and choose series.
@@ -257,13 +270,17 @@ def probe_file(path: Path) -> DicomHeader:
     Raises:
         NotAnImageError: not DICOM, a DICOMDIR index, or DICOM without an image.
     """
+
+    def source() -> Any:
+        return io.BytesIO(data) if data is not None else path
+
     try:
-        ds = pydicom.dcmread(path, defer_size="2 KB")
+        ds = pydicom.dcmread(source(), defer_size="2 KB")
     except InvalidDicomError:
         # Files without the 128-byte preamble are still DICOM sometimes; force=True "reads"
         # anything, so the result is only accepted with the elements every image must have.
         try:
-            ds = pydicom.dcmread(path, defer_size="2 KB", force=True)
+            ds = pydicom.dcmread(source(), defer_size="2 KB", force=True)
         except Exception as exc:
             raise NotAnImageError(f"not a DICOM file ({type(exc).__name__})") from exc
         if not all(k in ds for k in ("SOPClassUID", "Rows", "Columns", "PixelData")):
@@ -305,6 +322,7 @@ def probe_file(path: Path) -> DicomHeader:
         spacing_between_slices=_positive(f.number(T_SPACING_BETWEEN)),
         gantry_tilt=f.number(T_GANTRY_TILT),
         raw_pixels=_raw_pixels(ds, f),
+        data=data,
     )
 
 
@@ -351,11 +369,13 @@ def decode_slice(header: DicomHeader) -> np.ndarray:
     """
     if header.raw_pixels is not None:
         try:
-            return header.raw_pixels.read(header.path, header.rows, header.columns)
+            return header.raw_pixels.read(
+                header.path, header.rows, header.columns, data=header.data
+            )
         except OSError as exc:
             raise PixelDecodeError(f"cannot read pixel data ({exc})") from exc
     try:
-        ds = pydicom.dcmread(header.path)
+        ds = pydicom.dcmread(io.BytesIO(header.data) if header.data is not None else header.path)
         pixels = ds.pixel_array
         hu = apply_rescale(pixels, ds)
     except Exception as exc:

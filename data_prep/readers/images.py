@@ -6,6 +6,7 @@ marked ``GRAY8``, never treated as Hounsfield units, and carry no geometry.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +22,14 @@ def is_image_name(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 
 
-def read_image(path: Path, *, patient_key: str, label: int | None = None) -> Volume:
+def read_image(
+    path: Path, *, patient_key: str, label: int | None = None, data: bytes | None = None
+) -> Volume:
     """Read one slice image as a one-slice GRAY8 volume.
 
     Args:
-        path: PNG/JPG/... file.
+        path: PNG/JPG/... file; with ``data``, only its name.
+        data: the file's bytes, for a file held in memory (never written to disk).
         patient_key: the patient this slice belongs to (folder or file name; PRIVATE).
         label: class label from the folder name, if any.
 
@@ -34,7 +38,7 @@ def read_image(path: Path, *, patient_key: str, label: int | None = None) -> Vol
         UnsupportedScanError: the image is empty or too small to be a CT slice.
     """
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(data) if data is not None else path) as im:
             im.load()
             mode = im.mode
             if mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -45,7 +49,13 @@ def read_image(path: Path, *, patient_key: str, label: int | None = None) -> Vol
             else:
                 arr = np.asarray(im.convert("L"), dtype=np.float32)
                 flags = [] if mode in ("L", "P", "1") else [f"{mode} image converted to grayscale"]
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except (
+        UnidentifiedImageError,
+        OSError,
+        ValueError,
+        SyntaxError,
+        Image.DecompressionBombError,
+    ) as exc:
         raise NotAnImageError(f"cannot decode image ({type(exc).__name__}: {exc})") from exc
     if arr.ndim != 2 or min(arr.shape) < 16:
         raise UnsupportedScanError(f"image of shape {arr.shape} is too small to be a CT slice")

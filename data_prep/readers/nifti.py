@@ -35,8 +35,26 @@ def nifti_stem(path: Path) -> str:
     return path.stem
 
 
-def _load(path: Path, flags: list[str]) -> nib.Nifti1Image:
-    data = path.read_bytes()
+def _gunzip(data: bytes, max_bytes: int | None) -> bytes:
+    """Decompress, refusing output beyond ``max_bytes`` (a gzip bomb) without allocating it."""
+    if max_bytes is None:
+        return gzip.decompress(data)
+    d = zlib.decompressobj(wbits=31)  # gzip container
+    out = d.decompress(data, max_bytes + 1)
+    if len(out) > max_bytes:
+        raise NotAnImageError(
+            f"decompresses to more than {max_bytes // 2**20} MiB: too large for one CT volume"
+        )
+    if not d.eof:
+        raise NotAnImageError("corrupt or truncated gzip data (stream does not end)")
+    return out
+
+
+def _load(
+    path: Path, flags: list[str], data: bytes | None = None, max_bytes: int | None = None
+) -> nib.Nifti1Image:
+    if data is None:
+        data = path.read_bytes()
     gzipped_name = path.name.lower().endswith(".gz")
     is_gzip = data[:2] == GZIP_MAGIC
     if is_gzip != gzipped_name:
@@ -48,7 +66,7 @@ def _load(path: Path, flags: list[str]) -> nib.Nifti1Image:
         )
     if is_gzip:
         try:
-            data = gzip.decompress(data)
+            data = _gunzip(data, max_bytes)
         except (OSError, EOFError, zlib.error) as exc:
             raise NotAnImageError(f"corrupt or truncated gzip data ({exc})") from exc
     for cls in (nib.Nifti1Image, nib.Nifti2Image):
@@ -60,19 +78,28 @@ def _load(path: Path, flags: list[str]) -> nib.Nifti1Image:
     raise NotAnImageError("not a NIfTI-1 or NIfTI-2 file (header not recognised)")
 
 
-def read_nifti(path: Path, *, label: int | None = None) -> Volume:
+def read_nifti(
+    path: Path,
+    *,
+    label: int | None = None,
+    data: bytes | None = None,
+    max_bytes: int | None = None,
+) -> Volume:
     """Read a NIfTI file as a canonical volume.
 
     Args:
-        path: .nii or .nii.gz file (3D, or 4D: the first volume is used).
+        path: .nii or .nii.gz file (3D, or 4D: the first volume is used); with ``data``, only
+            the name (its extension and messages).
         label: class label taken from the file's folder, if any.
+        data: the file's bytes, for a file held in memory (never written to disk).
+        max_bytes: refuse a file that decompresses to more than this.
 
     Raises:
         NotAnImageError: not NIfTI, corrupt, or truncated.
         UnsupportedScanError: not a 3D/4D image.
     """
     flags: list[str] = []
-    img = _load(path, flags)
+    img = _load(path, flags, data, max_bytes)
     shape = img.shape
     if len(shape) < 2 or len(shape) > 4:
         raise UnsupportedScanError(f"expected a 3D or 4D image, got shape {tuple(shape)}")
