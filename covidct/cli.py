@@ -100,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--markdown", type=Path, help="write the model card (or sweep report) here")
     r.add_argument("--html", type=Path, help="write it as one self-contained HTML file here")
 
+    d = sub.add_parser("dashboard", help="the Streamlit dashboard for clinicians")
+    d.add_argument("--runs", type=Path, default=Path("runs"), help="folder of runs and sweeps")
+    d.add_argument("--port", type=int, default=8501, help="port (default 8501)")
+    d.add_argument(
+        "--address", default="127.0.0.1", help="address to serve on (default: this machine only)"
+    )
+
     a = sub.add_parser(
         "audit", help="membership-inference audit of a trained run (also run by train)"
     )
@@ -325,6 +332,36 @@ def _cmd_report(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def _cmd_dashboard(args: argparse.Namespace, cfg: Config) -> int:
+    import os
+    import subprocess
+
+    app = Path(__file__).resolve().parents[1] / "app" / "dashboard.py"
+    if not app.is_file():
+        print(f"error: the dashboard is not installed ({app} missing)", file=sys.stderr)
+        return 2
+    env = {**os.environ, "COVIDCT_RUNS": str(args.runs.resolve())}
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(app),
+        "--server.port",
+        str(args.port),
+        "--server.address",
+        args.address,
+        "--server.headless",
+        "true",
+        "--server.maxUploadSize",
+        "1024",  # MB; data_prep.uploads bounds what an upload may expand to
+        "--browser.gatherUsageStats",
+        "false",
+    ]
+    print(f"dashboard on http://{args.address}:{args.port} (runs from {args.runs})")
+    return subprocess.call(cmd, env=env)
+
+
 def _cmd_audit(args: argparse.Namespace, cfg: Config) -> int:
     from covidct.train import audit_run
 
@@ -354,6 +391,7 @@ COMMANDS = {
     "sweep": _cmd_sweep,
     "report": _cmd_report,
     "audit": _cmd_audit,
+    "dashboard": _cmd_dashboard,
 }
 
 

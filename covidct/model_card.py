@@ -135,7 +135,7 @@ def _ci(ci: tuple[float, float] | None) -> str:
     return "" if ci is None else f" ({ci[0]:.3f}-{ci[1]:.3f})"
 
 
-def _metric_rows(level: dict[str, Any]) -> list[tuple[str, str]]:
+def metric_rows(level: dict[str, Any]) -> list[tuple[str, str]]:
     """(name, value with 95% interval) for one level of metrics.json."""
     cm = level["confusion_matrix"]
     tp, tn, fp, fn = cm["tp"], cm["tn"], cm["fp"], cm["fn"]
@@ -179,7 +179,7 @@ def terminal_summary(run: RunSummary) -> str:
     for level in ("patient", "slice"):
         parts += [
             f"Test metrics, {level} level (95% intervals)",
-            _table(_metric_rows(run.metrics[level])),
+            _table(metric_rows(run.metrics[level])),
             "",
         ]
     if r.audit:
@@ -251,7 +251,7 @@ def model_card_markdown(run: RunSummary) -> str:
             "",
             "| metric | value |",
             "|---|---|",
-            *[f"| {k} | {v} |" for k, v in _metric_rows(run.metrics[level])],
+            *[f"| {k} | {v} |" for k, v in metric_rows(run.metrics[level])],
             "",
         ]
     lines += [

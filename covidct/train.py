@@ -26,6 +26,7 @@ from covidct.data.units import (
     Units,
     image_size,
     load_units,
+    slice_settings,
     unit_chunks,
 )
 from covidct.evaluate import Predictions, auc_or_nan, split_metrics
@@ -285,6 +286,8 @@ def train(
             "model": config.model,
             "privacy_unit": config.privacy_unit.value,
             "image_size": size,
+            # how slices were made: inference (the dashboard) must prepare scans the same way
+            "slice_settings": slice_settings(prep),
             "seconds": round(seconds, 1),
             "steps": steps_taken,
         },

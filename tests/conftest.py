@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from data_prep.pipeline import PrepConfig, prepare
 from data_prep.synth import CohortFormat, SynthConfig, write_cohort
+from data_prep.worker import SliceSettings
 
 
 @pytest.fixture(scope="session")
@@ -26,3 +28,24 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def identities(cohort: Path) -> list[dict[str, str]]:
     return json.loads((cohort / "identities.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def prep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("train_prep")
+    write_cohort(
+        root / "cohort",
+        SynthConfig(
+            n_patients=40, n_slices=6, matrix=32, seed=3, formats=CohortFormat.NIFTI, workers=1
+        ),
+    )
+    # a fixed pseudonym key: the same pseudonyms, hence the same patient split, every session
+    (root / "prep" / "private").mkdir(parents=True)
+    (root / "prep" / "private" / "pseudonym.key").write_text("5eed" * 16)
+    prepare(
+        [root / "cohort"],
+        root / "prep",
+        config=PrepConfig(slices=SliceSettings(image_size=32), workers=1),
+        labels=[root / "cohort" / "labels.csv"],
+    )
+    return root / "prep"

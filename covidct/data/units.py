@@ -86,6 +86,18 @@ def image_size(prep: Path) -> int:
         ) from exc
 
 
+def slice_settings(prep: Path) -> dict[str, object]:
+    """The slice settings recorded by ``covidct prepare`` (size, window, lung range)."""
+    try:
+        meta = json.loads((prep / "dataset.json").read_text())
+        return dict(meta["slices"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(
+            f"{prep} is not a prepared dataset (dataset.json unreadable: {exc}); "
+            "run covidct prepare first"
+        ) from exc
+
+
 def load_units(prep: Path, split: str, unit: PrivacyUnit) -> Units:
     """Group a split's slices into privacy units, in a stable order.
 

@@ -1,0 +1,1 @@
+"""The Streamlit dashboard: ``covidct dashboard`` or ``streamlit run app/dashboard.py``."""

@@ -1,0 +1,179 @@
+"""What the dashboard shows, computed without Streamlit (so it is unit-tested on its own):
+the runs table, the privacy/utility curves, and predictions on an uploaded scan."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from covidct.inference import ModelBundle, ScanPrediction, grad_cam, predict_scan
+from data_prep.uploads import UploadedScan, UploadLimits, read_upload
+
+__all__ = [
+    "ScanResult",
+    "curves_rows",
+    "find_runs",
+    "heat_overlay",
+    "predict_upload",
+    "runs_table",
+]
+
+DISCLAIMER = (
+    "Research tool, not a diagnosis: covidct is not a medical device. Every result must be "
+    "reviewed by a radiologist with the full study and the clinical context."
+)
+
+
+def _num(x: Any) -> float | None:
+    if x is None or x == "":
+        return None
+    if x == "inf":
+        return math.inf
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return None
+
+
+def find_runs(root: Path) -> list[Path]:
+    """Every finished run under ``root`` (run folders, and the runs inside sweep folders)."""
+    if not root.is_dir():
+        return []
+    return sorted(p.parent for p in root.rglob("run.json") if (p.parent / "model.keras").is_file())
+
+
+def _load_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def runs_table(runs: Sequence[Path], root: Path) -> list[dict[str, Any]]:
+    """One row per run: privacy, utility and audit at a glance."""
+    rows = []
+    for run in runs:
+        report = _load_json(run / "privacy_report.json") or {}
+        metrics = _load_json(run / "metrics.json") or {}
+        audit = report.get("audit") or {}
+        patient = metrics.get("patient") or {}
+        rows.append(
+            {
+                "run": str(run.relative_to(root)) if run.is_relative_to(root) else run.name,
+                "target epsilon": _num(report.get("target_epsilon")),
+                "epsilon": _num(report.get("epsilon")),
+                "delta": _num(report.get("delta")),
+                "privacy unit": report.get("privacy_unit"),
+                "test patient AUC": _num(patient.get("auc")),
+                "attack AUC": _num(audit.get("attack_auc")),
+                "proven epsilon >=": _num(audit.get("epsilon_lower_bound")),
+            }
+        )
+    return rows
+
+
+def curves_rows(root: Path) -> list[dict[str, Any]]:
+    """Rows of every sweep's curves.csv under ``root``, plus the runs that are in no sweep."""
+    rows: list[dict[str, Any]] = []
+    in_sweeps: set[Path] = set()
+    for curves in sorted(root.rglob("curves.csv")) if root.is_dir() else []:
+        sweep = curves.parent
+        with curves.open(newline="") as f:
+            for r in csv.DictReader(f):
+                rows.append(_curve_row(r, sweep.name, sweep / "runs" / r["run_id"]))
+                in_sweeps.add((sweep / "runs" / r["run_id"]).resolve())
+    for run in find_runs(root):
+        if run.resolve() in in_sweeps:
+            continue
+        report = _load_json(run / "privacy_report.json") or {}
+        metrics = _load_json(run / "metrics.json") or {}
+        cfg = _load_json(run / "run.json") or {}
+        audit = report.get("audit") or {}
+        raw = {
+            "run_id": run.name,
+            "epsilon_target": report.get("target_epsilon") or report.get("epsilon"),
+            "epsilon_achieved": report.get("epsilon"),
+            "batch_size": report.get("expected_batch_size"),
+            "seed": cfg.get("seed", ""),
+            "patient_auc": (metrics.get("patient") or {}).get("auc"),
+            "attack_auc": audit.get("attack_auc"),
+        }
+        rows.append(_curve_row(raw, "(single runs)", run))
+    return rows
+
+
+def _curve_row(r: dict[str, Any], sweep: str, run: Path) -> dict[str, Any]:
+    target = _num(r.get("epsilon_target"))
+    history = _load_json(run / "history.json") or []
+    return {
+        "sweep": sweep,
+        "run": r.get("run_id"),
+        "epsilon_target": target,
+        "private": target is not None and math.isfinite(target),
+        "epsilon_achieved": _num(r.get("epsilon_achieved")),
+        "batch_size": _num(r.get("batch_size")),
+        "seed": r.get("seed"),
+        "patient_auc": _num(r.get("patient_auc")),
+        "attack_auc": _num(r.get("attack_auc")),
+        "epsilon_per_epoch": [_num(h.get("epsilon")) for h in history],
+    }
+
+
+@dataclass
+class ScanResult:
+    """Everything the Predict page shows for one upload (no identifiers)."""
+
+    scan: UploadedScan
+    prediction: ScanPrediction
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def n_slices(self) -> int:
+        return len(self.prediction.slice_probs)
+
+
+def predict_upload(
+    bundle: ModelBundle, files: Sequence[tuple[str, bytes]], limits: UploadLimits | None = None
+) -> ScanResult:
+    """Read an upload in memory with the model's own slice settings and predict.
+
+    Raises:
+        InputError: nothing usable in the upload (the message says why, file by file).
+    """
+    scan = read_upload(files, bundle.settings, limits)
+    notes = []
+    if scan.kind == "gray8":
+        notes.append(
+            "8-bit images carry display values, not Hounsfield units: the result is reliable "
+            "only if the model was trained on images exported the same way."
+        )
+    return ScanResult(scan, predict_scan(bundle, scan.slices), notes)
+
+
+def heat_overlay(bundle: ModelBundle, result: ScanResult, index: int) -> np.ndarray:
+    """RGB uint8 image: the model's input slice with its Grad-CAM map in red, at display size."""
+    from PIL import Image
+
+    cam = grad_cam(bundle, result.scan.slices[index])
+    base = result.scan.display[index]
+    h, w = base.shape
+    cam_big = (
+        np.asarray(
+            Image.fromarray((cam * 255).astype(np.uint8)).resize((w, h), Image.Resampling.BILINEAR),
+            dtype=np.float32,
+        )
+        / 255.0
+    )
+    gray = base.astype(np.float32) / 255.0
+    rgb = np.stack([gray, gray, gray], axis=-1)
+    alpha = 0.55 * cam_big[..., None]
+    red = np.zeros_like(rgb)
+    red[..., 0] = 1.0
+    return (np.clip((1 - alpha) * rgb + alpha * red, 0, 1) * 255).astype(np.uint8)

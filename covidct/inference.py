@@ -1,0 +1,148 @@
+"""Inference on one scan with a trained run: per-slice probabilities, the scan-level call at the
+run's validated threshold, and a Grad-CAM heat map of what drove the call on a slice.
+
+Used by the dashboard; needs only the run folder (model.keras, metrics.json, run.json,
+privacy_report.json), never the training data.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from covidct.evaluate import PatientScore, aggregate
+from data_prep.errors import CovidCTError
+from data_prep.worker import SliceSettings
+
+__all__ = ["ModelBundle", "ScanPrediction", "grad_cam", "load_bundle", "predict_scan"]
+
+
+class ModelLoadError(CovidCTError):
+    """A run folder that cannot serve predictions (missing or unreadable files)."""
+
+
+@dataclass
+class ModelBundle:
+    run_dir: Path
+    model: Any  # keras.Model
+    settings: SliceSettings  # how the training slices were made
+    patient_score: PatientScore
+    threshold: float  # scan-level operating threshold, chosen on validation
+    epsilon: float
+    privacy_unit: str
+    test_patient_auc: float | None
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name
+
+
+@dataclass
+class ScanPrediction:
+    slice_probs: np.ndarray  # (n,)
+    probability: float  # the scan-level score (the run's patient aggregation)
+    threshold: float
+    positive: bool
+
+
+def _read(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"cannot read {path}: {err}") from err
+
+
+def load_bundle(run_dir: Path) -> ModelBundle:
+    """Load a finished run for inference.
+
+    Raises:
+        ModelLoadError: not a finished run, or its files are unreadable.
+    """
+    from covidct.tfsetup import keras
+
+    if not (run_dir / "run.json").is_file():
+        raise ModelLoadError(f"{run_dir} is not a finished run (no run.json)")
+    meta = _read(run_dir / "run.json")
+    metrics = _read(run_dir / "metrics.json")
+    report = _read(run_dir / "privacy_report.json")
+    raw = meta.get("slice_settings")
+    if raw is None:  # runs from before slice settings were recorded: the dataset still says
+        ds = Path(meta.get("prep", "")) / "dataset.json"
+        raw = _read(ds)["slices"] if ds.is_file() else None
+    if raw is None:
+        raise ModelLoadError(
+            f"{run_dir}: how its training slices were made is unknown (no slice_settings in "
+            "run.json and the prepared data is gone): retrain with this version"
+        )
+    try:
+        settings = SliceSettings(**raw)
+        model = keras.models.load_model(run_dir / "model.keras", compile=False)
+    except (OSError, ValueError, TypeError) as err:
+        raise ModelLoadError(f"cannot load the model of {run_dir}: {err}") from err
+    eps = report.get("epsilon")
+    return ModelBundle(
+        run_dir=run_dir,
+        model=model,
+        settings=settings,
+        patient_score=PatientScore(metrics.get("patient_score", "mean")),
+        threshold=float(metrics["patient"]["threshold"]),
+        epsilon=float("inf") if eps in ("inf", None) else float(eps),
+        privacy_unit=str(report.get("privacy_unit", "patient")),
+        test_patient_auc=metrics["patient"].get("auc"),
+    )
+
+
+def _probs(model: Any, slices: np.ndarray, batch: int = 64) -> np.ndarray:
+    out = np.empty(len(slices), np.float32)
+    for s in range(0, len(slices), batch):
+        x = slices[s : s + batch].astype(np.float32)[..., None] / 255.0
+        logits = np.asarray(model(x, training=False))[:, 0]
+        out[s : s + len(x)] = 1.0 / (1.0 + np.exp(-logits))
+    return out
+
+
+def predict_scan(bundle: ModelBundle, slices: np.ndarray) -> ScanPrediction:
+    """Probabilities for (n, size, size) uint8 slices and the scan-level call."""
+    size = bundle.settings.image_size
+    if slices.ndim != 3 or slices.shape[1:] != (size, size):
+        raise ValueError(f"expected (n, {size}, {size}) slices, got {slices.shape}")
+    probs = _probs(bundle.model, slices)
+    score = aggregate(probs, bundle.patient_score)
+    return ScanPrediction(probs, score, bundle.threshold, score >= bundle.threshold)
+
+
+def _last_feature_layer(model: Any) -> Any:
+    """The last layer with a spatial (H, W, C) output: where Grad-CAM looks."""
+    for layer in reversed(model.layers):
+        shape = getattr(layer, "output_shape", None)
+        if isinstance(shape, tuple) and len(shape) == 4 and shape[1] and shape[1] > 1:
+            return layer
+    raise ValueError("the model has no spatial feature map for Grad-CAM")
+
+
+def grad_cam(bundle: ModelBundle, slice_u8: np.ndarray) -> np.ndarray:
+    """Grad-CAM (Selvaraju et al., ICCV 2017) of the COVID logit on one slice.
+
+    Returns:
+        (size, size) float32 in [0, 1]: where the last feature map pushed the logit up.
+    """
+    from covidct.tfsetup import keras, tf
+
+    model = bundle.model
+    layer = _last_feature_layer(model)
+    tapped = keras.Model(model.inputs, [layer.output, model.output])
+    x = tf.constant(slice_u8.astype(np.float32)[None, ..., None] / 255.0)
+    with tf.GradientTape() as tape:
+        fmap, logit = tapped(x, training=False)
+        target = logit[:, 0]
+    grads = tape.gradient(target, fmap)
+    weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+    cam = tf.nn.relu(tf.reduce_sum(weights * fmap, axis=-1))[0]
+    size = slice_u8.shape[0]
+    cam = tf.image.resize(cam[..., None], (size, size), method="bilinear")[..., 0].numpy()
+    top = float(cam.max())
+    return (cam / top).astype(np.float32) if top > 0 else np.zeros_like(cam, np.float32)

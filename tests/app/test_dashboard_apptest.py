@@ -1,0 +1,158 @@
+"""Every dashboard page through Streamlit's AppTest, uploads included (good and bad)."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from covidct.sweep import run_sweep
+from covidct.train import train
+from covidct.train_config import TrainConfig
+
+APP = str(Path(__file__).resolve().parents[2] / "app" / "dashboard.py")
+TINY = TrainConfig(epochs=1, batch_size=8, max_slices_per_unit=2, chunk_units=8, seed=1)
+
+
+@pytest.fixture(scope="module")
+def runs(prep, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("dash_runs")
+    train(prep, config=TINY, target_epsilon=3.0, runs_dir=root, run_id="eps3")
+    run_sweep(
+        prep,
+        root / "sweep1",
+        epsilons=[2.0, float("inf")],
+        batch_sizes=[8],
+        seeds=1,
+        config=TINY,
+        resolved_config={"train": {}},
+    )
+    return root
+
+
+def _app(root: Path, monkeypatch: pytest.MonkeyPatch, page: str) -> AppTest:
+    monkeypatch.setenv("COVIDCT_RUNS", str(root))
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    at.sidebar.radio(key="page").set_value(page).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _texts(at: AppTest) -> str:
+    parts = [m.value for m in at.markdown] + [c.value for c in at.caption]
+    parts += [e.value for e in at.error] + [i.value for i in at.info]
+    parts += [w.value for w in at.warning]
+    parts += [f"{m.label}: {m.value}" for m in at.metric]
+    return "\n".join(str(p) for p in parts)
+
+
+def test_models_page_lists_runs_and_opens_a_plain_language_report(runs, monkeypatch):
+    at = _app(runs, monkeypatch, "Models")
+    table = at.dataframe[0].value
+    assert set(table["run"]) == {"eps3", "sweep1/runs/eps2_b8_s0", "sweep1/runs/epsinf_b8_s0"}
+    assert {"epsilon", "delta", "privacy unit", "test patient AUC", "attack AUC"} <= set(table)
+    at.selectbox(key="model_run").set_value("eps3").run()
+    text = _texts(at)
+    assert text.index("What this means, in plain language") < text.index("The numbers")
+    assert "Empirical audit" in text
+    assert any("confusion" in c.value for c in at.caption)
+
+
+def test_curves_page_draws_the_sweep_and_marks_the_baseline(runs, monkeypatch):
+    at = _app(runs, monkeypatch, "Privacy/utility")
+    headers = [s.value for s in at.subheader]
+    for title in (
+        "Utility vs epsilon",
+        "Utility vs logical batch size at fixed epsilon",
+        "Epsilon spent vs epoch",
+    ):
+        assert title in headers
+    assert "non-private baseline" in _texts(at)
+
+
+def _nifti_bytes(cohort: Path) -> tuple[str, bytes]:
+    path = sorted((cohort / "nifti").glob("*.nii.gz"))[0]
+    return path.name, path.read_bytes()
+
+
+def _dicom_zip(cohort: Path) -> bytes:
+    series = sorted(p for p in (cohort / "dicom").glob("*/*/*") if p.name == "2_chest_axial")[0]
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for p in sorted(series.iterdir()):
+            zf.writestr(p.name, p.read_bytes())
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("kind", ["nifti", "dicom_zip", "png"])
+def test_predict_page_reads_uploads_and_shows_probability_viewer_and_heat_map(
+    runs, cohort, monkeypatch, kind
+):
+    at = _app(runs, monkeypatch, "Predict")
+    at.selectbox(key="predict_run").set_value("eps3").run()
+    assert "not a diagnosis" in _texts(at)
+    uploader = at.get("file_uploader")[0]
+    if kind == "nifti":
+        uploader.upload(*_nifti_bytes(cohort))
+    elif kind == "dicom_zip":
+        uploader.upload("series.zip", _dicom_zip(cohort), "application/zip")
+    else:
+        for i in range(3):
+            buf = io.BytesIO()
+            img = np.random.default_rng(i).integers(0, 255, (48, 48), dtype=np.uint8)
+            Image.fromarray(img).save(buf, "PNG")
+            uploader.upload(f"slice{i}.png", buf.getvalue(), "image/png")
+    at.run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    labels = {m.label: m.value for m in at.metric}
+    probability = float(labels["Scan-level probability"])
+    assert 0.0 <= probability <= 1.0
+    assert any(label.startswith("Call at threshold") for label in labels)
+    captions = [c for img in at.image for c in img.captions]
+    assert any(c.startswith("Slice ") for c in captions)  # the viewer
+    assert any("Grad-CAM" in c for c in captions)  # the heat map
+    if kind != "png":
+        slider = at.slider(key="slice")
+        slider.set_value(1).run()
+        assert not at.exception
+
+
+@pytest.mark.parametrize(
+    "name, data, message",
+    [
+        ("scan.dcm", b"\x00" * 500, "cannot be used"),
+        ("notes.txt", b"hello", "cannot be used"),
+        ("broken.nii.gz", b"\x1f\x8b\x08\x00garbage", "cannot be used"),
+        ("bomb.zip", None, "zip bomb"),
+    ],
+)
+def test_bad_uploads_get_a_message_and_the_app_keeps_working(
+    runs, cohort, monkeypatch, name, data, message
+):
+    if data is None:
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr("a.dcm", b"\x00" * (40 * 2**20))
+        data = buf.getvalue()
+    at = _app(runs, monkeypatch, "Predict")
+    at.selectbox(key="predict_run").set_value("eps3").run()
+    at.get("file_uploader")[0].upload(name, data).run()
+    assert not at.exception, at.exception
+    assert any(message in e.value for e in at.error), [e.value for e in at.error]
+    # the same session then takes a good scan
+    at.get("file_uploader")[0].set_value([(*_nifti_bytes(cohort), "application/gzip")]).run()
+    assert not at.exception and not at.error
+    assert "Scan-level probability" in {m.label for m in at.metric}
+
+
+def test_pages_without_runs_say_how_to_get_one(tmp_path, monkeypatch):
+    for page in ("Models", "Privacy/utility", "Predict"):
+        at = _app(tmp_path, monkeypatch, page)
+        assert any("covidct train" in i.value for i in at.info)
