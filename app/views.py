@@ -260,7 +260,7 @@ def _predict(bundle: ModelBundle, run: Path, data: list[tuple[str, bytes]]) -> S
 
 def _show_result(bundle: ModelBundle, result: ScanResult) -> None:
     pred = result.prediction
-    call = "COVID-19 pattern suggested" if pred.positive else "no COVID-19 pattern suggested"
+    call = "COVID-19 suggested" if pred.positive else "not suggested"
     a, b = st.columns(2)
     a.metric("Scan-level probability", f"{pred.probability:.3f}")
     b.metric(f"Call at threshold {pred.threshold:.3f}", call)

@@ -11,28 +11,9 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from covidct.sweep import run_sweep
-from covidct.train import train
-from covidct.train_config import TrainConfig
+from tests.app.conftest import dicom_zip, nifti_upload
 
 APP = str(Path(__file__).resolve().parents[2] / "app" / "dashboard.py")
-TINY = TrainConfig(epochs=1, batch_size=8, max_slices_per_unit=2, chunk_units=8, seed=1)
-
-
-@pytest.fixture(scope="module")
-def runs(prep, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("dash_runs")
-    train(prep, config=TINY, target_epsilon=3.0, runs_dir=root, run_id="eps3")
-    run_sweep(
-        prep,
-        root / "sweep1",
-        epsilons=[2.0, float("inf")],
-        batch_sizes=[8],
-        seeds=1,
-        config=TINY,
-        resolved_config={"train": {}},
-    )
-    return root
 
 
 def _app(root: Path, monkeypatch: pytest.MonkeyPatch, page: str) -> AppTest:
@@ -76,20 +57,6 @@ def test_curves_page_draws_the_sweep_and_marks_the_baseline(runs, monkeypatch):
     assert "non-private baseline" in _texts(at)
 
 
-def _nifti_bytes(cohort: Path) -> tuple[str, bytes]:
-    path = sorted((cohort / "nifti").glob("*.nii.gz"))[0]
-    return path.name, path.read_bytes()
-
-
-def _dicom_zip(cohort: Path) -> bytes:
-    series = sorted(p for p in (cohort / "dicom").glob("*/*/*") if p.name == "2_chest_axial")[0]
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for p in sorted(series.iterdir()):
-            zf.writestr(p.name, p.read_bytes())
-    return buf.getvalue()
-
-
 @pytest.mark.parametrize("kind", ["nifti", "dicom_zip", "png"])
 def test_predict_page_reads_uploads_and_shows_probability_viewer_and_heat_map(
     runs, cohort, monkeypatch, kind
@@ -99,9 +66,9 @@ def test_predict_page_reads_uploads_and_shows_probability_viewer_and_heat_map(
     assert "not a diagnosis" in _texts(at)
     uploader = at.get("file_uploader")[0]
     if kind == "nifti":
-        uploader.upload(*_nifti_bytes(cohort))
+        uploader.upload(*nifti_upload(cohort))
     elif kind == "dicom_zip":
-        uploader.upload("series.zip", _dicom_zip(cohort), "application/zip")
+        uploader.upload("series.zip", dicom_zip(cohort), "application/zip")
     else:
         for i in range(3):
             buf = io.BytesIO()
@@ -147,7 +114,7 @@ def test_bad_uploads_get_a_message_and_the_app_keeps_working(
     assert not at.exception, at.exception
     assert any(message in e.value for e in at.error), [e.value for e in at.error]
     # the same session then takes a good scan
-    at.get("file_uploader")[0].set_value([(*_nifti_bytes(cohort), "application/gzip")]).run()
+    at.get("file_uploader")[0].set_value([(*nifti_upload(cohort), "application/gzip")]).run()
     assert not at.exception and not at.error
     assert "Scan-level probability" in {m.label for m in at.metric}
 
