@@ -123,3 +123,41 @@ def test_pages_without_runs_say_how_to_get_one(tmp_path, monkeypatch):
     for page in ("Models", "Privacy/utility", "Predict"):
         at = _app(tmp_path, monkeypatch, page)
         assert any("covidct train" in i.value for i in at.info)
+
+
+def _all_text(at: AppTest) -> str:
+    parts = [_texts(at)]
+    parts += [str(s.value) for s in at.subheader] + [str(h.value) for h in at.header]
+    parts += [str(e.label) for e in at.expander]
+    parts += [img_caption for img in at.image for img_caption in img.captions]
+    for frame in at.dataframe:
+        parts.append(frame.value.to_csv())
+    return "\n".join(parts)
+
+
+def test_no_identifying_header_value_reaches_the_page(runs, cohort, identities, monkeypatch):
+    at = _app(runs, monkeypatch, "Predict")
+    at.selectbox(key="predict_run").set_value("eps3").run()
+    at.get("file_uploader")[0].upload("study.zip", dicom_zip(cohort), "application/zip").run()
+    assert "Scan-level probability" in {m.label for m in at.metric}
+    text = _all_text(at)
+    needles = set()
+    for ident in identities:
+        for key, value in ident.items():
+            if key != "sex" and value:
+                needles.add(str(value))
+                needles.update(p for p in str(value).replace("^", " ").split() if len(p) > 3)
+    assert len(needles) > 20
+    for needle in needles:
+        assert needle not in text, needle
+
+
+def test_a_non_ct_dicom_is_named_as_such(runs, monkeypatch):
+    from pydicom.data import get_testdata_file
+
+    mr = Path(get_testdata_file("MR_small.dcm", download=False))
+    at = _app(runs, monkeypatch, "Predict")
+    at.selectbox(key="predict_run").set_value("eps3").run()
+    at.get("file_uploader")[0].upload("mr.dcm", mr.read_bytes()).run()
+    assert not at.exception
+    assert any("not CT" in e.value for e in at.error), [e.value for e in at.error]
