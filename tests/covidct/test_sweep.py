@@ -53,7 +53,9 @@ def test_sweep_writes_curves_plots_and_report_and_resumes(prep, tmp_path, capsys
     assert float(private["noise_multiplier"]) > 0
     assert baseline["epsilon_achieved"] == "inf" and float(baseline["noise_multiplier"]) == 0
     for r in rows:
-        assert 0.0 <= float(r["patient_auc"]) <= 1.0
+        for level in ("slice", "patient"):
+            for m in ("auc", "accuracy", "sensitivity", "specificity"):
+                assert 0.0 <= float(r[f"{level}_{m}"]) <= 1.0, (level, m)
         assert 0.0 <= float(r["attack_auc"]) <= 1.0
         assert r["batch_size"] == "8" and r["seed"] == "0"
     for name in ("utility_vs_epsilon.png", "utility_vs_batch_size.png", "epsilon_vs_epoch.png"):
