@@ -252,7 +252,15 @@ def audit_predictions(
         "theoretical_epsilon": "inf" if math.isinf(theoretical_epsilon) else theoretical_epsilon,
         "delta": delta,
         "reading": reading(theoretical_epsilon, lower, best["auc"], confidence),
+        "caveat": CAVEAT,
     }
+
+
+CAVEAT = (
+    "The audit computes a few aggregate figures from the model's outputs on the training "
+    "patients without added noise, so these figures themselves are not covered by the "
+    "guarantee: share them with the same care as the training data."
+)
 
 
 def reading(theoretical: float, lower: float, auc: float, confidence: float) -> str:

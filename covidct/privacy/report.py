@@ -460,6 +460,8 @@ def _audit_section(audit: dict[str, Any]) -> list[str]:
         for a in audit["attacks"]
     ]
     lines.append("")
+    if audit.get("caveat"):
+        lines += [audit["caveat"], ""]
     return lines
 
 

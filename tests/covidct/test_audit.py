@@ -62,6 +62,7 @@ def test_attacks_separate_memorised_patients_and_not_identical_ones():
     assert leaky["attack_auc"] > 0.9
     assert leaky["epsilon_lower_bound"] > 1.0
     assert "no privacy guarantee" in leaky["reading"]
+    assert "not covered by the guarantee" in leaky["caveat"]
 
     same = audit_predictions(
         _predictions(200, 0.5, rng, "m"),
