@@ -159,7 +159,8 @@ def curves_page(root: Path) -> None:
             st.altair_chart(
                 alt.Chart(pd.DataFrame(spent))
                 .mark_line(point=True)
-                .encode(x="epoch:Q", y="epsilon:Q", color="run:N")
+                .encode(x="epoch:Q", y="epsilon:Q", color="run:N", tooltip=["run", "epsilon"])
+                .interactive()
             )
     else:
         st.info("No private runs yet.")
@@ -177,7 +178,12 @@ def _band_chart(agg: pd.DataFrame, x: str, color: str, baseline: float | None, *
     line = (
         alt.Chart(agg)
         .mark_line(point=True)
-        .encode(x=enc_x, y=alt.Y("mean:Q", title="test patient AUC"), color=f"{color}:N")
+        .encode(
+            x=enc_x,
+            y=alt.Y("mean:Q", title="test patient AUC"),
+            color=f"{color}:N",
+            tooltip=[x, "mean", "min", "max"],
+        )
     )
     band = (
         alt.Chart(agg)
@@ -191,7 +197,7 @@ def _band_chart(agg: pd.DataFrame, x: str, color: str, baseline: float | None, *
             .mark_rule(strokeDash=[6, 4], color="black")
             .encode(y="baseline:Q")
         )
-    return alt.layer(*layers)
+    return alt.layer(*layers).interactive()  # zoom and pan; tooltips name each point
 
 
 # ---- Predict -----------------------------------------------------------------------------
