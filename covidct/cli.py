@@ -100,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--markdown", type=Path, help="write the model card (or sweep report) here")
     r.add_argument("--html", type=Path, help="write it as one self-contained HTML file here")
 
+    g = sub.add_parser("budget", help="a prepared dataset's privacy ledger and budget")
+    g.add_argument("data", type=Path, help="the prepared-data folder (PREP)")
+    g.add_argument("--set", dest="budget", type=_epsilon, help="set the total epsilon budget")
+    g.add_argument("--delta", type=float, help="delta of the budget (default: below 1/N)")
+
     d = sub.add_parser("dashboard", help="the Streamlit dashboard for clinicians")
     d.add_argument("--runs", type=Path, default=Path("runs"), help="folder of runs and sweeps")
     d.add_argument("--port", type=int, default=8501, help="port (default 8501)")
@@ -332,6 +337,22 @@ def _cmd_report(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def _cmd_budget(args: argparse.Namespace, cfg: Config) -> int:
+    from covidct.data.units import PrivacyUnit, load_units
+    from covidct.privacy import accounting, ledger
+
+    n = len(load_units(args.data, "train", PrivacyUnit.PATIENT))  # also checks it is a PREP
+    default_delta = accounting.default_delta(n)
+    if args.budget is not None:
+        delta = args.delta if args.delta is not None else default_delta
+        if not 0 < delta < 1 / max(n, 1):
+            print(f"error: --delta must be in (0, 1/N) with N = {n} patients", file=sys.stderr)
+            return 2
+        ledger.set_budget(args.data, epsilon=args.budget, delta=delta)
+    print(ledger.summary(args.data, default_delta=default_delta))
+    return 0
+
+
 def _cmd_dashboard(args: argparse.Namespace, cfg: Config) -> int:
     import os
     import subprocess
@@ -392,6 +413,7 @@ COMMANDS = {
     "report": _cmd_report,
     "audit": _cmd_audit,
     "dashboard": _cmd_dashboard,
+    "budget": _cmd_budget,
 }
 
 

@@ -30,7 +30,7 @@ from covidct.data.units import (
     unit_chunks,
 )
 from covidct.evaluate import Predictions, auc_or_nan, split_metrics
-from covidct.privacy import accounting
+from covidct.privacy import accounting, ledger
 from covidct.privacy.accounting import Sampling
 from covidct.privacy.modes import ExecutionMode
 from covidct.runs import create_run_dir, new_run_id, write_json, write_yaml
@@ -166,7 +166,10 @@ def train(
     device = choose_device(prefer=config.device)
     execution = resolve_execution(config.execution, device.kind)
     say(f"device {device.describe()}; execution mode {execution.value}")
-    run = create_run_dir(runs_dir, run_id or new_run_id(target_epsilon))
+    rid = run_id or new_run_id(target_epsilon)
+    spent = ledger.begin_run(prep, _ledger_entry(rid, runs_dir / rid, plan, config))
+    say(f"privacy ledger of {prep}: total spent with this run {_fmt_eps(spent)}")
+    run = create_run_dir(runs_dir, rid)
     if resolved_config is not None:
         write_yaml(run, "config.yaml", resolved_config)
 
@@ -272,6 +275,7 @@ def train(
     write_json(run, "audit.json", audit)
     report = replace(report, audit=audit)
     write_report(report, run)
+    ledger.finish_run(prep, rid, steps=steps_taken, epsilon=report.epsilon)
     say(audit["reading"])
     write_json(run, "metrics.json", metrics)
     write_json(run, "history.json", history)
@@ -375,6 +379,38 @@ def predict(model: Any, units: Units, store: SliceStore, *, batch: int = 256) ->
         labels=np.array([lab for _, lab, _ in refs], np.float32),
         probs=probs,
     )
+
+
+def _ledger_entry(rid: str, run_dir: Path, plan: PrivacyPlan, config: TrainConfig) -> Any:
+    """The ledger's record of a run about to start: its PLANNED steps and epsilon."""
+    eps = (
+        accounting.compute_epsilon(
+            noise_multiplier=plan.noise_multiplier,
+            sampling_rate=plan.sampling_rate,
+            steps=plan.steps,
+            delta=plan.delta,
+            accountant=config.accountant,
+        )
+        if plan.dp
+        else math.inf
+    )
+    return ledger.LedgerEntry(
+        run_id=rid,
+        run_dir=str(run_dir.resolve()),
+        started=ledger.now(),
+        status="started",
+        dp=plan.dp,
+        privacy_unit=config.privacy_unit.value,
+        noise_multiplier=plan.noise_multiplier,
+        sampling_rate=plan.sampling_rate,
+        steps=plan.steps,
+        delta=plan.delta,
+        epsilon=eps,
+    )
+
+
+def _fmt_eps(x: float) -> str:
+    return "unbounded (a non-private or slice-level run)" if math.isinf(x) else f"epsilon {x:.3g}"
 
 
 def _audit(

@@ -163,6 +163,17 @@ def compute_epsilon(
     return float(_make_accountant(accountant).compose(event).get_epsilon(delta))
 
 
+def compose_epsilon(
+    events: list[dp_accounting.DpEvent], *, delta: float, accountant: Accountant = Accountant.RDP
+) -> float:
+    """Epsilon at ``delta`` of several DP events composed (e.g. several runs on one dataset)."""
+    _check_delta(delta)
+    acc = _make_accountant(accountant)
+    for event in events:
+        acc.compose(event)
+    return float(acc.get_epsilon(delta)) if events else 0.0
+
+
 def epsilon_per_epoch(
     *,
     noise_multiplier: float,

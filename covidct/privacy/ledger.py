@@ -1,0 +1,274 @@
+"""The privacy budget ledger of one prepared dataset: ``PREP/privacy_ledger.json``.
+
+Every training on the dataset is recorded when it starts (with the steps it plans, so a run that
+crashes is still counted in full: its noisy updates may have been observed) and updated with the
+steps it actually took when it finishes. The total spend composes the runs' DP events with the
+accountant (one RDP or PLD accountant over all of them, not a sum of epsilons). A non-private run,
+and a slice-level run (its guarantee is per slice, not per patient), make the patient-level
+spend unbounded, and say so.
+
+A dataset may carry a budget (``covidct budget PREP --set 10``): a training whose planned spend
+would take the total over it is refused before it starts, with the remaining budget in the message.
+Reads and writes happen under an exclusive file lock and every write is atomic, so concurrent
+trainings cannot lose an entry. The ledger holds no identifier.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from covidct.privacy import accounting
+from covidct.privacy.accounting import Accountant
+from data_prep.atomic import atomic_write_json
+from data_prep.errors import CovidCTError
+
+__all__ = [
+    "BudgetExceededError",
+    "Ledger",
+    "LedgerEntry",
+    "begin_run",
+    "finish_run",
+    "read_ledger",
+    "set_budget",
+    "total_spent",
+]
+
+LEDGER_NAME = "privacy_ledger.json"
+LOCK_NAME = ".privacy_ledger.lock"
+FORMAT = "covidct-ledger-1"
+
+
+class BudgetExceededError(CovidCTError):
+    """The planned training would take the dataset over its privacy budget."""
+
+
+class LedgerError(CovidCTError):
+    """The ledger file is unreadable or malformed."""
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One training on the dataset.
+
+    Attributes:
+        run_id: the run folder's name.
+        run_dir: where the run was written.
+        started: ISO time the run started (UTC).
+        status: "started" (running, or crashed: counted with its planned steps) or "finished".
+        dp: False for a non-private run (unbounded spend).
+        privacy_unit: "patient" or "slice".
+        noise_multiplier: sigma.
+        sampling_rate: q.
+        steps: planned steps while running, steps taken once finished.
+        delta: the run's own delta.
+        epsilon: the run's own epsilon at its delta (``inf`` when not private).
+    """
+
+    run_id: str
+    run_dir: str
+    started: str
+    status: str
+    dp: bool
+    privacy_unit: str
+    noise_multiplier: float
+    sampling_rate: float
+    steps: int
+    delta: float
+    epsilon: float
+
+    @property
+    def bounded(self) -> bool:
+        """Whether this run's spend is bounded at the patient level."""
+        return self.dp and self.privacy_unit == "patient"
+
+
+@dataclass
+class Ledger:
+    budget_epsilon: float | None = None
+    budget_delta: float | None = None
+    entries: list[LedgerEntry] = field(default_factory=list)
+
+
+def _path(prep: Path) -> Path:
+    return prep / LEDGER_NAME
+
+
+@contextlib.contextmanager
+def _locked(prep: Path) -> Iterator[None]:
+    """An exclusive lock held across read-modify-write (also between processes)."""
+    prep.mkdir(parents=True, exist_ok=True)
+    with (prep / LOCK_NAME).open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _f(x: Any) -> float:
+    return math.inf if x == "inf" else float(x)
+
+
+def read_ledger(prep: Path) -> Ledger:
+    """The dataset's ledger (empty when none was written yet)."""
+    path = _path(prep)
+    if not path.is_file():
+        return Ledger()
+    try:
+        data = json.loads(path.read_text())
+        entries = [
+            LedgerEntry(**{**e, "epsilon": _f(e["epsilon"])}) for e in data.get("entries", [])
+        ]
+        budget = data.get("budget") or {}
+        return Ledger(
+            budget_epsilon=None if budget.get("epsilon") is None else float(budget["epsilon"]),
+            budget_delta=None if budget.get("delta") is None else float(budget["delta"]),
+            entries=entries,
+        )
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        raise LedgerError(
+            f"{path} is unreadable ({err}). Fix: restore it from a backup; never delete it to "
+            "get around a budget."
+        ) from err
+
+
+def _write(prep: Path, ledger: Ledger) -> None:
+    atomic_write_json(
+        _path(prep),
+        {
+            "format": FORMAT,
+            "budget": {"epsilon": ledger.budget_epsilon, "delta": ledger.budget_delta},
+            "entries": [
+                {**asdict(e), "epsilon": "inf" if math.isinf(e.epsilon) else e.epsilon}
+                for e in ledger.entries
+            ],
+        },
+    )
+
+
+def total_spent(
+    entries: list[LedgerEntry], *, delta: float, accountant: Accountant = Accountant.RDP
+) -> float:
+    """Patient-level epsilon at ``delta`` of all the runs together (composed, not summed)."""
+    if any(not e.bounded for e in entries):
+        return math.inf
+    events = [
+        accounting.dp_event(
+            noise_multiplier=e.noise_multiplier, sampling_rate=e.sampling_rate, steps=e.steps
+        )
+        for e in entries
+        if e.steps > 0
+    ]
+    return accounting.compose_epsilon(events, delta=delta, accountant=accountant)
+
+
+def _budget_delta(ledger: Ledger, fallback: float) -> float:
+    return ledger.budget_delta if ledger.budget_delta is not None else fallback
+
+
+def set_budget(prep: Path, *, epsilon: float, delta: float) -> Ledger:
+    """Set (or change) the dataset's total budget."""
+    if not epsilon > 0:
+        raise BudgetExceededError(f"a budget must be > 0, got {epsilon}")
+    with _locked(prep):
+        ledger = read_ledger(prep)
+        ledger.budget_epsilon, ledger.budget_delta = float(epsilon), float(delta)
+        _write(prep, ledger)
+    return ledger
+
+
+def begin_run(prep: Path, entry: LedgerEntry) -> float:
+    """Record a run about to start, or refuse it when it would exceed the budget.
+
+    Args:
+        prep: the prepared dataset.
+        entry: the run, with its PLANNED steps.
+
+    Returns:
+        The total spend including this run, at the budget's delta (or the run's when no budget).
+
+    Raises:
+        BudgetExceededError: a budget is set and the total with this run would exceed it.
+    """
+    with _locked(prep):
+        ledger = read_ledger(prep)
+        delta = _budget_delta(ledger, entry.delta)
+        before = total_spent(ledger.entries, delta=delta)
+        after = total_spent([*ledger.entries, entry], delta=delta)
+        if ledger.budget_epsilon is not None and after > ledger.budget_epsilon:
+            left = max(0.0, ledger.budget_epsilon - before)
+            what = (
+                "a non-private run has no bound"
+                if not entry.dp
+                else "a slice-level run does not bound a patient's spend"
+                if entry.privacy_unit != "patient"
+                else f"this run would bring the total to epsilon {after:.3g}"
+            )
+            raise BudgetExceededError(
+                f"refused: the privacy budget of {prep} is epsilon {ledger.budget_epsilon:g} at "
+                f"delta {delta:.3g}; {len(ledger.entries)} earlier run(s) spent "
+                f"{_fmt(before)}, leaving {left:.3g}; {what}. Ask for a smaller epsilon, or see "
+                f"`covidct budget {prep}`."
+            )
+        ledger.entries.append(entry)
+        _write(prep, ledger)
+        return after
+
+
+def finish_run(prep: Path, run_id: str, *, steps: int, epsilon: float) -> None:
+    """Replace a started run's planned steps by the steps it took."""
+    with _locked(prep):
+        ledger = read_ledger(prep)
+        ledger.entries = [
+            replace(e, status="finished", steps=steps, epsilon=epsilon) if e.run_id == run_id else e
+            for e in ledger.entries
+        ]
+        _write(prep, ledger)
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _fmt(x: float) -> str:
+    return "unbounded (inf)" if math.isinf(x) else f"epsilon {x:.3g}"
+
+
+def summary(prep: Path, *, default_delta: float) -> str:
+    """The ledger as a readable table, with the composed total and what is left."""
+    ledger = read_ledger(prep)
+    delta = _budget_delta(ledger, default_delta)
+    lines = [
+        f"privacy ledger of {prep}",
+        "budget: "
+        + (
+            f"epsilon {ledger.budget_epsilon:g} at delta {delta:.3g}"
+            if ledger.budget_epsilon is not None
+            else "none set (covidct budget PREP --set EPSILON)"
+        ),
+        "",
+        f"{'run':<34} {'status':<9} {'unit':<8} {'sigma':>7} {'q':>8} {'steps':>6} {'epsilon':>9}",
+    ]
+    for e in ledger.entries:
+        eps = "inf" if math.isinf(e.epsilon) else f"{e.epsilon:.3g}"
+        flag = (
+            "" if e.bounded else "  <- unbounded: " + ("not private" if not e.dp else "slice unit")
+        )
+        lines.append(
+            f"{e.run_id:<34} {e.status:<9} {e.privacy_unit:<8} {e.noise_multiplier:>7.3g} "
+            f"{e.sampling_rate:>8.3g} {e.steps:>6} {eps:>9}{flag}"
+        )
+    total = total_spent(ledger.entries, delta=delta)
+    lines += ["", f"total spent (composed with the accountant, delta {delta:.3g}): {_fmt(total)}"]
+    if ledger.budget_epsilon is not None:
+        left = ledger.budget_epsilon - total
+        lines.append(f"remaining: {max(0.0, left):.3g}" if math.isfinite(left) else "remaining: 0")
+    return "\n".join(lines)

@@ -1,0 +1,118 @@
+"""The privacy budget ledger: composed spend, refusals before training, concurrency."""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+from dataclasses import replace
+from pathlib import Path
+
+import dp_accounting
+import pytest
+
+from covidct.cli import main
+from covidct.privacy.ledger import (
+    BudgetExceededError,
+    LedgerEntry,
+    begin_run,
+    finish_run,
+    read_ledger,
+    set_budget,
+    total_spent,
+)
+
+
+def _entry(run_id: str, *, sigma: float = 1.1, q: float = 0.01, steps: int = 1000, **kw):
+    base = LedgerEntry(
+        run_id=run_id,
+        run_dir=f"/runs/{run_id}",
+        started="2026-11-28T00:00:00Z",
+        status="started",
+        dp=True,
+        privacy_unit="patient",
+        noise_multiplier=sigma,
+        sampling_rate=q,
+        steps=steps,
+        delta=1e-5,
+        epsilon=1.0,
+    )
+    return replace(base, **kw)
+
+
+def test_total_is_the_accountants_composition_not_a_sum(tmp_path):
+    a, b = _entry("a", sigma=1.1, steps=1000), _entry("b", sigma=0.9, q=0.02, steps=500)
+    got = total_spent([a, b], delta=1e-5)
+    acc = dp_accounting.rdp.RdpAccountant()
+    for sigma, q, steps in ((1.1, 0.01, 1000), (0.9, 0.02, 500)):
+        acc.compose(
+            dp_accounting.SelfComposedDpEvent(
+                dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)),
+                steps,
+            )
+        )
+    assert got == pytest.approx(acc.get_epsilon(1e-5), rel=1e-9)
+    alone = [total_spent([e], delta=1e-5) for e in (a, b)]
+    assert max(alone) < got < sum(alone)  # composition is tighter than summing epsilons
+
+
+def test_non_private_and_slice_runs_are_unbounded(tmp_path):
+    assert math.isinf(total_spent([_entry("a"), _entry("b", dp=False)], delta=1e-5))
+    assert math.isinf(total_spent([_entry("a", privacy_unit="slice")], delta=1e-5))
+
+
+def test_a_run_over_budget_is_refused_with_what_remains(tmp_path):
+    set_budget(tmp_path, epsilon=2.0, delta=1e-5)
+    spent = begin_run(tmp_path, _entry("first", steps=1000))
+    assert 0 < spent < 2.0
+    with pytest.raises(BudgetExceededError, match=r"leaving \d") as err:
+        begin_run(tmp_path, _entry("second", steps=20_000))
+    assert "budget" in str(err.value) and "epsilon 2" in str(err.value)
+    with pytest.raises(BudgetExceededError, match="non-private"):
+        begin_run(tmp_path, _entry("baseline", dp=False))
+    assert [e.run_id for e in read_ledger(tmp_path).entries] == ["first"]  # refusals not recorded
+    finish_run(tmp_path, "first", steps=10, epsilon=0.1)
+    entry = read_ledger(tmp_path).entries[0]
+    assert entry.status == "finished" and entry.steps == 10
+
+
+def _append_many(args: tuple[str, int]) -> None:
+    folder, worker = args
+    for i in range(6):
+        begin_run(Path(folder), _entry(f"w{worker}-{i}", steps=1))
+
+
+def test_concurrent_trainings_lose_no_entry(tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(3) as pool:
+        pool.map(_append_many, [(str(tmp_path), w) for w in range(3)])
+    ids = [e.run_id for e in read_ledger(tmp_path).entries]
+    assert len(ids) == 18 and len(set(ids)) == 18
+
+
+def test_training_records_itself_and_is_refused_before_it_starts(prep, tmp_path, capsys):
+    import shutil
+
+    from covidct.train import train  # here, not at the top: spawned workers must stay light
+    from covidct.train_config import TrainConfig
+
+    tiny = TrainConfig(epochs=1, batch_size=8, max_slices_per_unit=2, chunk_units=8, seed=1)
+    data = tmp_path / "prep"
+    shutil.copytree(prep, data, ignore=shutil.ignore_patterns("privacy_ledger.json"))
+    res = train(data, config=tiny, target_epsilon=2.0, runs_dir=tmp_path / "runs", run_id="r1")
+    entries = read_ledger(data).entries
+    assert [(e.run_id, e.status) for e in entries] == [("r1", "finished")]
+    assert entries[0].steps == res.privacy.steps
+    assert entries[0].epsilon == pytest.approx(res.privacy.epsilon)
+
+    assert main(["budget", str(data), "--set", "2.2"]) == 0
+    out = capsys.readouterr().out
+    assert "r1" in out and "remaining" in out
+    argv = ["train", "--data", str(data), "--epsilon", "2", "--runs", str(tmp_path / "runs")]
+    code = main([*argv, "--run-id", "r2", "--no-progress", "--set", "train.batch_size=8"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "refused" in err and "leaving" in err
+    assert not (tmp_path / "runs" / "r2").exists()  # refused before anything was written
+    raw = json.loads((data / "privacy_ledger.json").read_text())
+    assert raw["budget"]["epsilon"] == 2.2 and len(raw["entries"]) == 1
