@@ -25,6 +25,7 @@ VARIANTS = [
     "covidct_vectorized_map",
     "covidct_auto",
     "covidct_nanobatch_per_layer",
+    "covidct_vectorized_per_layer",
     "tf_privacy_per_example",
 ]
 
@@ -72,6 +73,7 @@ def run_variant(name: str, size: int, batch: int, seconds: float, model_name: st
         mode = {
             "covidct_nanobatch": ExecutionMode.NANOBATCH,
             "covidct_nanobatch_per_layer": ExecutionMode.NANOBATCH,
+            "covidct_vectorized_per_layer": ExecutionMode.VECTORIZED,
             "covidct_vectorized": ExecutionMode.VECTORIZED,
             "covidct_vectorized_map": ExecutionMode.VECTORIZED,
             "covidct_auto": resolve_execution(ExecutionMode.AUTO, "cpu"),

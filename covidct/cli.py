@@ -77,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--runs", type=Path, default=Path("runs"), help="folder for run folders")
     t.add_argument("--run-id", help="name of the run folder (default: time-epsilon-random)")
     t.add_argument("--privacy-unit", choices=["patient", "slice"], help="unit of privacy")
+    t.add_argument(
+        "--clipping",
+        choices=["flat", "per-layer"],
+        help="flat: one norm C per unit; per-layer: each layer to C_l, sum of C_l^2 = C^2",
+    )
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_config_args(t)
 
@@ -218,6 +223,10 @@ def _cmd_train(args: argparse.Namespace, cfg: Config) -> int:
     c = cfg.train
     if args.privacy_unit:
         c = replace(c, privacy_unit=PrivacyUnit(args.privacy_unit))
+    if args.clipping:
+        from covidct.privacy.modes import ClippingMode
+
+        c = replace(c, clipping=ClippingMode(args.clipping))
     cfg = replace(cfg, train=c)
     result = train(
         args.data,

@@ -32,7 +32,7 @@ from covidct.data.units import (
 from covidct.evaluate import Predictions, auc_or_nan, split_metrics
 from covidct.privacy import accounting, ledger
 from covidct.privacy.accounting import Sampling
-from covidct.privacy.modes import ExecutionMode
+from covidct.privacy.modes import ExecutionMode, PerLayerSplit
 from covidct.runs import create_run_dir, new_run_id, write_json, write_yaml
 from covidct.train_config import OptimizerName, TrainConfig
 
@@ -188,6 +188,7 @@ def train(
                 noise_multiplier=plan.noise_multiplier,
                 expected_batch_size=plan.expected_batch_size,
                 clipping=config.clipping,
+                proportional_split=config.per_layer_split is PerLayerSplit.PROPORTIONAL,
             ),
             mode=execution,
             seed=config.seed,

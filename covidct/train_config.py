@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from covidct.data.units import PrivacyUnit
 from covidct.evaluate import PatientScore
 from covidct.privacy.accounting import Accountant, Sampling
-from covidct.privacy.modes import ClippingMode, ExecutionMode
+from covidct.privacy.modes import ClippingMode, ExecutionMode, PerLayerSplit
 
 
 class OptimizerName(enum.Enum):
@@ -28,6 +28,8 @@ class TrainConfig:
         max_slices_per_unit: k, slices a patient contributes per step (a random subset).
         clip_norm: C, the L2 bound on one unit's gradient.
         clipping: flat, or per-layer (sum of C_l^2 = C^2).
+        per_layer_split: per-layer bounds C_l: "equal", or "proportional" to each layer's
+            parameter count.
         optimizer: sgd, momentum or adam (applied to the noisy averaged gradient).
         learning_rate: step size.
         momentum: for momentum SGD.
@@ -52,6 +54,7 @@ class TrainConfig:
     max_slices_per_unit: int = 8
     clip_norm: float = 1.0
     clipping: ClippingMode = ClippingMode.FLAT
+    per_layer_split: PerLayerSplit = PerLayerSplit.EQUAL
     optimizer: OptimizerName = OptimizerName.MOMENTUM
     learning_rate: float = 0.1
     momentum: float = 0.9

@@ -47,12 +47,15 @@ class DPSettings:
         noise_multiplier: sigma; the noise std is sigma * C.
         expected_batch_size: q * N, the normaliser of the summed gradient.
         clipping: flat (one global norm) or per-layer (one norm per parameter group).
+        proportional_split: per-layer only: C_g^2 proportional to the group's parameter count
+            (else an equal split); either way sum_g C_g^2 = C^2.
     """
 
     clip_norm: float | None
     noise_multiplier: float
     expected_batch_size: float
     clipping: ClippingMode = ClippingMode.FLAT
+    proportional_split: bool = False
 
     def __post_init__(self) -> None:
         if self.clip_norm is not None and self.clip_norm <= 0:
@@ -145,7 +148,7 @@ class DPGradient:
         if settings.clipping is ClippingMode.PER_LAYER and settings.clip_norm is not None:
             sizes = [sum(int(tf.size(self.variables[i])) for i in members) for members in groups]
             self.group_norms = group_clip_norms(
-                sizes, clip_norm=settings.clip_norm, proportional=False
+                sizes, clip_norm=settings.clip_norm, proportional=settings.proportional_split
             )
         else:
             self.group_norms = []

@@ -14,3 +14,10 @@ class ExecutionMode(enum.Enum):
 class ClippingMode(enum.Enum):
     FLAT = "flat"  # one L2 norm over all parameters
     PER_LAYER = "per-layer"  # one norm per parameter group, sum of C_g^2 = C^2
+
+
+class PerLayerSplit(enum.Enum):
+    """How per-layer clipping splits C over the layers (sum of C_l^2 = C^2 either way)."""
+
+    EQUAL = "equal"
+    PROPORTIONAL = "proportional"  # C_l^2 proportional to the layer's parameter count

@@ -254,3 +254,28 @@ def test_apply_updates_with_the_noisy_mean_and_starts_the_next_batch_from_zero()
     dp.reset()  # nothing to clear; the next batch accumulates from zero as before
     dp.accumulate(*batch)
     assert dp.units_in_batch == len(batch[2])
+
+
+def test_proportional_split_gives_big_layers_more_of_c_and_still_bounds_the_total():
+    model = tiny_model()
+    x, mask, y, _ = unit_batch()
+    c = 0.02
+    settings = DPSettings(
+        clip_norm=c,
+        noise_multiplier=0.0,
+        expected_batch_size=1.0,
+        clipping=ClippingMode.PER_LAYER,
+        proportional_split=True,
+    )
+    present = np.zeros(len(y), np.float32)
+    present[2] = 1.0
+    dp = dp_sum(model, settings, ExecutionMode.VECTORIZED, (x, mask, y, present))
+    sizes = [sum(int(np.prod(dp.variables[i].shape)) for i in g) for g in _groups(dp)]
+    assert sum(n * n for n in dp.group_norms) == pytest.approx(c * c)
+    ratios = [n * n / s for n, s in zip(dp.group_norms, sizes, strict=True)]
+    assert max(ratios) == pytest.approx(min(ratios))  # C_l^2 proportional to parameter count
+    grads = dp.clipped_sum()
+    assert np.linalg.norm(flat(grads)) <= c * (1 + 1e-5)
+    for members, cg in zip(_groups(dp), dp.group_norms, strict=True):
+        gnorm = np.linalg.norm(np.concatenate([np.asarray(grads[i]).ravel() for i in members]))
+        assert gnorm <= cg * (1 + 1e-5)

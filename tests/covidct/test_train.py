@@ -223,3 +223,30 @@ def test_cli_audit_rewrites_the_runs_audit(dp_run, capsys):
 def test_cli_audit_of_a_folder_that_is_not_a_run_says_so(tmp_path, capsys):
     assert main(["audit", str(tmp_path)]) == 2
     assert "not a finished run" in capsys.readouterr().err
+
+
+def test_per_layer_clipping_leaves_the_accounting_unchanged(prep, tmp_path):
+    """Sensitivity stays C (sum of C_l^2 = C^2): same sigma, q, steps, epsilon as flat."""
+    from covidct.privacy.modes import ClippingMode, PerLayerSplit
+
+    flat_run = train(prep, config=TINY, target_epsilon=3.0, runs_dir=tmp_path, run_id="flat")
+    layered = train(
+        prep,
+        config=replace(
+            TINY, clipping=ClippingMode.PER_LAYER, per_layer_split=PerLayerSplit.PROPORTIONAL
+        ),
+        target_epsilon=3.0,
+        runs_dir=tmp_path,
+        run_id="per_layer",
+    )
+    for key in ("noise_multiplier", "sampling_rate", "steps", "epsilon", "delta", "clip_norm"):
+        assert getattr(layered.privacy, key) == getattr(flat_run.privacy, key), key
+
+
+def test_cli_clipping_flag_reaches_the_resolved_config(prep, tmp_path):
+    argv = ["train", "--data", str(prep), "--epsilon", "3", "--runs", str(tmp_path)]
+    argv += ["--run-id", "pl", "--no-progress", "--clipping", "per-layer"]
+    argv += ["--set", "train.epochs=1", "--set", "train.batch_size=8"]
+    assert main(argv) == 0
+    cfg = (tmp_path / "pl" / "config.yaml").read_text()
+    assert "clipping: per-layer" in cfg
