@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from data_prep.atomic import atomic_write_json, atomic_write_text
+from data_prep.errors import CovidCTError
 
 
 def new_run_id(target_epsilon: float) -> str:
@@ -17,10 +18,23 @@ def new_run_id(target_epsilon: float) -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-eps{eps}-{secrets.token_hex(2)}"
 
 
-def create_run_dir(runs_dir: Path, run_id: str) -> Path:
+class RunExistsError(CovidCTError):
+    """The run folder to write already holds a run."""
+
+
+def check_new_run(runs_dir: Path, run_id: str) -> Path:
+    """The run folder, refused when it already holds files (runs are never overwritten)."""
     run = runs_dir / run_id
     if run.exists() and any(run.iterdir()):
-        raise FileExistsError(f"run folder {run} exists and is not empty")
+        raise RunExistsError(
+            f"run folder {run} exists and is not empty: choose another --run-id "
+            "(finished runs are never overwritten)"
+        )
+    return run
+
+
+def create_run_dir(runs_dir: Path, run_id: str) -> Path:
+    run = check_new_run(runs_dir, run_id)
     (run / "checkpoints").mkdir(parents=True, exist_ok=True)
     return run
 

@@ -33,7 +33,7 @@ from covidct.evaluate import Predictions, auc_or_nan, split_metrics
 from covidct.privacy import accounting, ledger
 from covidct.privacy.accounting import Sampling
 from covidct.privacy.modes import ExecutionMode, PerLayerSplit
-from covidct.runs import create_run_dir, new_run_id, write_json, write_yaml
+from covidct.runs import check_new_run, create_run_dir, new_run_id, write_json, write_yaml
 from covidct.train_config import OptimizerName, TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -167,6 +167,7 @@ def train(
     execution = resolve_execution(config.execution, device.kind)
     say(f"device {device.describe()}; execution mode {execution.value}")
     rid = run_id or new_run_id(target_epsilon)
+    check_new_run(runs_dir, rid)  # before the ledger records it
     spent = ledger.begin_run(prep, _ledger_entry(rid, runs_dir / rid, plan, config))
     say(f"privacy ledger of {prep}: total spent with this run {_fmt_eps(spent)}")
     run = create_run_dir(runs_dir, rid)

@@ -227,10 +227,12 @@ def finish_run(prep: Path, run_id: str, *, steps: int, epsilon: float) -> None:
     """Replace a started run's planned steps by the steps it took."""
     with _locked(prep):
         ledger = read_ledger(prep)
-        ledger.entries = [
-            replace(e, status="finished", steps=steps, epsilon=epsilon) if e.run_id == run_id else e
-            for e in ledger.entries
-        ]
+        # the latest start of this run: an earlier attempt that crashed keeps its full count
+        for i in range(len(ledger.entries) - 1, -1, -1):
+            e = ledger.entries[i]
+            if e.run_id == run_id and e.status == "started":
+                ledger.entries[i] = replace(e, status="finished", steps=steps, epsilon=epsilon)
+                break
         _write(prep, ledger)
 
 

@@ -71,9 +71,11 @@ def test_a_run_over_budget_is_refused_with_what_remains(tmp_path):
     with pytest.raises(BudgetExceededError, match="non-private"):
         begin_run(tmp_path, _entry("baseline", dp=False))
     assert [e.run_id for e in read_ledger(tmp_path).entries] == ["first"]  # refusals not recorded
+    begin_run(tmp_path, _entry("first", steps=50))  # the same run started again after a crash
     finish_run(tmp_path, "first", steps=10, epsilon=0.1)
-    entry = read_ledger(tmp_path).entries[0]
-    assert entry.status == "finished" and entry.steps == 10
+    crashed, finished = read_ledger(tmp_path).entries
+    assert crashed.status == "started" and crashed.steps == 1000  # still counted in full
+    assert finished.status == "finished" and finished.steps == 10
 
 
 def _append_many(args: tuple[str, int]) -> None:
@@ -116,3 +118,17 @@ def test_training_records_itself_and_is_refused_before_it_starts(prep, tmp_path,
     assert not (tmp_path / "runs" / "r2").exists()  # refused before anything was written
     raw = json.loads((data / "privacy_ledger.json").read_text())
     assert raw["budget"]["epsilon"] == 2.2 and len(raw["entries"]) == 1
+
+
+def test_an_existing_run_folder_is_refused_before_the_ledger_counts_it(prep, tmp_path, capsys):
+    import shutil
+
+    data = tmp_path / "prep"
+    shutil.copytree(prep, data, ignore=shutil.ignore_patterns("privacy_ledger.json"))
+    (tmp_path / "runs" / "taken").mkdir(parents=True)
+    (tmp_path / "runs" / "taken" / "run.json").write_text("{}")
+    argv = ["train", "--data", str(data), "--epsilon", "2", "--runs", str(tmp_path / "runs")]
+    code = main([*argv, "--run-id", "taken", "--no-progress", "--set", "train.batch_size=8"])
+    assert code == 2
+    assert "exists and is not empty" in capsys.readouterr().err
+    assert read_ledger(data).entries == []
