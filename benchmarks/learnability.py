@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import hashlib
 import json
 import os
 import platform
@@ -465,6 +466,21 @@ def pretrain(model: keras.Model, v: Variant, public: SplitData) -> float:
     return time.perf_counter() - t0
 
 
+# Folder for pretrained weights (--pretrain-cache), keyed by everything pretraining depends on.
+PRETRAIN_CACHE: Path | None = None
+
+
+def _pretrain_cache_path(v: Variant) -> Path | None:
+    if PRETRAIN_CACHE is None:
+        return None
+    keys = ("pretrain", "pretrain_steps", "pretrain_lr", "model", "widths", "convs", "pooling")
+    keys += ("act", "groups", "stride", "seed", "mask", "augment")
+    text = json.dumps([getattr(v, k) for k in keys])
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    PRETRAIN_CACHE.mkdir(parents=True, exist_ok=True)
+    return PRETRAIN_CACHE / f"pre_{digest}.weights.h5"
+
+
 def run_variant(
     v: Variant, data: dict[str, SplitData], public: SplitData | None = None
 ) -> dict[str, Any]:
@@ -473,7 +489,17 @@ def run_variant(
     train, val, test = data["train"], data["validation"], data["test"]
     size = train.images.shape[-1]
     model = make_model(v, size)
-    pretrain_s = pretrain(model, v, public) if public is not None and v.pretrain_steps else 0.0
+    pretrain_s = 0.0
+    if public is not None and v.pretrain_steps:
+        cached = _pretrain_cache_path(v)
+        if cached is not None and cached.exists():
+            model.load_weights(cached)
+            pretrain_s = float(cached.with_suffix(".seconds").read_text())
+        else:
+            pretrain_s = pretrain(model, v, public)
+            if cached is not None:
+                model.save_weights(cached)
+                cached.with_suffix(".seconds").write_text(f"{pretrain_s:.1f}")
     opt = make_optimizer(v)
     n = train.n
     rec: dict[str, Any] = {
@@ -494,6 +520,7 @@ def run_variant(
             pretrain_steps=v.pretrain_steps,
             pretrain_seconds=round(pretrain_s, 1),
             val_auc_after_pretrain=aucs(model, val),
+            test_auc_after_pretrain=aucs(model, test),
         )
     if v.dp:
         q = v.batch / n
@@ -582,7 +609,12 @@ def main() -> None:
         "--truth", type=Path, help="synth's truth.csv: adds mild-only and severe-only AUCs"
     )
     ap.add_argument("--threads", type=int, default=0, help="TF intra-op threads (0 = all)")
+    ap.add_argument(
+        "--pretrain-cache", type=Path, help="folder to keep and reuse pretrained weights in"
+    )
     args = ap.parse_args()
+    global PRETRAIN_CACHE
+    PRETRAIN_CACHE = args.pretrain_cache
     if args.threads:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     base = Variant(prep=str(args.prep))
