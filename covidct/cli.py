@@ -67,7 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
 
     t = sub.add_parser("train", help="NanoBatch DP-SGD training with an epsilon report")
-    t.add_argument("--data", type=Path, required=True, help="the prepared-data folder (PREP)")
+    t.add_argument("--data", type=Path, help="the prepared-data folder (PREP)")
+    t.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN",
+        help="continue an interrupted run folder from its last checkpoint (its own settings)",
+    )
     t.add_argument(
         "--epsilon",
         type=_epsilon,
@@ -209,35 +215,65 @@ def _cmd_train(args: argparse.Namespace, cfg: Config) -> int:
 
     from covidct.config import to_dict
     from covidct.data.units import PrivacyUnit
-    from covidct.train import train
+    from covidct.train import resume, train
 
-    if args.no_dp:
-        epsilon = math.inf
-    elif args.epsilon is None:
-        print(
-            "error: give --epsilon (e.g. --epsilon 3) or --no-dp for the baseline", file=sys.stderr
-        )
-        return 2
+    progress = not args.no_progress and sys.stderr.isatty()
+    say = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
+    if args.resume is not None:
+        given = [
+            flag
+            for flag, value in (
+                ("--data", args.data),
+                ("--epsilon", args.epsilon),
+                ("--no-dp", args.no_dp),
+                ("--config", args.config),
+                ("--set", args.overrides),
+                ("--privacy-unit", args.privacy_unit),
+                ("--clipping", args.clipping),
+                ("--run-id", args.run_id),
+            )
+            if value
+        ]
+        if given:
+            print(
+                f"error: --resume continues a run with the settings it started with; drop "
+                f"{', '.join(given)}",
+                file=sys.stderr,
+            )
+            return 2
+        result = resume(args.resume, progress=progress, on_event=say)
     else:
-        epsilon = args.epsilon
-    c = cfg.train
-    if args.privacy_unit:
-        c = replace(c, privacy_unit=PrivacyUnit(args.privacy_unit))
-    if args.clipping:
-        from covidct.privacy.modes import ClippingMode
+        if args.data is None:
+            print("error: give --data PREP (or --resume RUN)", file=sys.stderr)
+            return 2
+        if args.no_dp:
+            epsilon = math.inf
+        elif args.epsilon is None:
+            print(
+                "error: give --epsilon (e.g. --epsilon 3) or --no-dp for the baseline",
+                file=sys.stderr,
+            )
+            return 2
+        else:
+            epsilon = args.epsilon
+        c = cfg.train
+        if args.privacy_unit:
+            c = replace(c, privacy_unit=PrivacyUnit(args.privacy_unit))
+        if args.clipping:
+            from covidct.privacy.modes import ClippingMode
 
-        c = replace(c, clipping=ClippingMode(args.clipping))
-    cfg = replace(cfg, train=c)
-    result = train(
-        args.data,
-        config=c,
-        target_epsilon=epsilon,
-        runs_dir=args.runs,
-        run_id=args.run_id,
-        resolved_config=to_dict(cfg),
-        progress=not args.no_progress and sys.stderr.isatty(),
-        on_event=lambda msg: print(msg, file=sys.stderr),
-    )
+            c = replace(c, clipping=ClippingMode(args.clipping))
+        cfg = replace(cfg, train=c)
+        result = train(
+            args.data,
+            config=c,
+            target_epsilon=epsilon,
+            runs_dir=args.runs,
+            run_id=args.run_id,
+            resolved_config=to_dict(cfg),
+            progress=progress,
+            on_event=say,
+        )
     p = result.metrics["patient"]
     eps = result.privacy.epsilon
     print(
@@ -446,7 +482,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print(
-            "interrupted: finished work is kept; run the same command again to resume",
+            "interrupted: the run keeps its last checkpoint; continue it with "
+            "`covidct train --resume RUN` (RUN = the run folder named above)"
+            if args.command == "train"
+            else "interrupted: finished work is kept; run the same command again to resume",
             file=sys.stderr,
         )
         return 130

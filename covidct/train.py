@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from covidct import checkpoint
 from covidct.data.units import (
     DataError,
     PoissonSampler,
@@ -122,6 +123,23 @@ def resolve_execution(mode: ExecutionMode, device_kind: str) -> ExecutionMode:
     return ExecutionMode.NANOBATCH if device_kind == "ipu" else ExecutionMode.VECTORIZED
 
 
+@dataclass
+class _Job:
+    """Everything a training attempt needs, whether it starts a run or resumes one."""
+
+    prep: Path
+    config: TrainConfig
+    plan: PrivacyPlan
+    run: Path
+    run_id: str
+    train_units: Units
+    val: Units
+    test: Units
+    say: Callable[[str], None]
+    progress: bool
+    t0: float
+
+
 def train(
     prep: Path,
     *,
@@ -145,43 +163,160 @@ def train(
         progress: show a progress bar.
         on_event: receives one-line messages for the user (device choice, plan).
     """
+    from covidct.config import to_dict
+
     say = on_event or (lambda msg: logger.info(msg))
     t0 = time.perf_counter()
+    train_units, val, test = _load_splits(prep, config)
+    plan = plan_privacy(n_units=len(train_units), config=config, target_epsilon=target_epsilon)
+    say(_describe_plan(plan, config))
+
+    from covidct.devices import choose_device  # TensorFlow from here on
+
+    device = choose_device(prefer=config.device)
+    rid = run_id or new_run_id(target_epsilon)
+    check_new_run(runs_dir, rid)  # before the ledger records it
+    spent = ledger.begin_run(prep, _ledger_entry(rid, runs_dir / rid, plan, config))
+    say(f"privacy ledger of {prep}: total spent with this run {_fmt_eps(spent)}")
+    run = create_run_dir(runs_dir, rid)
+    say(f"run folder {run} (if interrupted: covidct train --resume {run})")
+    if resolved_config is not None:
+        write_yaml(run, "config.yaml", resolved_config)
+    checkpoint.write_plan(
+        run,
+        {
+            "run_id": rid,
+            "prep": os.path.abspath(prep),
+            "target_epsilon": "inf" if math.isinf(target_epsilon) else target_epsilon,
+            "n_units": plan.n_units,
+            "train": to_dict(config),
+        },
+    )
+    job = _Job(prep, config, plan, run, rid, train_units, val, test, say, progress, t0)
+    return _fit(job, device, saved=None, counted=0, stop_at=plan.steps)
+
+
+def resume(
+    run: Path, *, progress: bool = False, on_event: Callable[[str], None] | None = None
+) -> RunResult:
+    """Continue an interrupted run from its last checkpoint (``covidct train --resume RUN``).
+
+    Every step started before the interruption stays counted (``checkpoints/progress.json``),
+    so steps run again after the checkpoint are counted twice. When the repeated steps would take
+    epsilon over the target, the run takes only the steps that still fit and says so; when none
+    fits, it refuses to train further and finishes with the checkpoint's weights.
+
+    Raises:
+        checkpoint.ResumeError: not a resumable run, already finished, or its data changed.
+    """
+    from covidct.config import ConfigError, from_dict
+
+    say = on_event or (lambda msg: logger.info(msg))
+    t0 = time.perf_counter()
+    if (run / "run.json").is_file():
+        raise checkpoint.ResumeError(f"{run} is a finished run (has run.json): nothing to resume")
+    saved_plan = checkpoint.read_plan(run)
+    try:
+        config = from_dict(TrainConfig, saved_plan["train"], "train.")
+        prep = Path(saved_plan["prep"])
+        raw_eps = saved_plan["target_epsilon"]
+        target_epsilon = math.inf if raw_eps == "inf" else float(raw_eps)
+        rid = str(saved_plan["run_id"])
+    except (ConfigError, KeyError, TypeError, ValueError) as exc:
+        raise checkpoint.ResumeError(f"{run}: its saved plan is unusable ({exc})") from exc
+    train_units, val, test = _load_splits(prep, config)
+    plan = plan_privacy(n_units=len(train_units), config=config, target_epsilon=target_epsilon)
+    if plan.n_units != saved_plan["n_units"]:
+        raise checkpoint.ResumeError(
+            f"{prep} now has {plan.n_units} training units, the run started with "
+            f"{saved_plan['n_units']}: the prepared data changed, so {run} cannot resume"
+        )
+    counted = checkpoint.steps_counted(run)
+    saved = checkpoint.load_state(run)
+    next_step = saved.loop.next_step if saved else 0
+    remaining = 0 if saved is not None and saved.loop.done else plan.steps - next_step
+    allowed = counted + remaining
+    if plan.dp:
+        allowed = accounting.max_steps_within(
+            target_epsilon=target_epsilon,
+            noise_multiplier=plan.noise_multiplier,
+            sampling_rate=plan.sampling_rate,
+            delta=plan.delta,
+            upper=allowed,
+            accountant=config.accountant,
+        )
+    take = max(0, min(remaining, allowed - counted))
+    say(
+        f"resuming run {rid} at step {next_step} of {plan.steps}: {counted} step(s) counted so "
+        f"far, {counted - next_step} of them lost after the last checkpoint (they stay counted)"
+    )
+    if take < remaining:
+        say(
+            f"to keep epsilon <= the target {target_epsilon:g}, training stops after {take} more "
+            f"step(s) (step {next_step + take} of {plan.steps})"
+            if take
+            else f"refusing to train further: one more step would take epsilon over the target "
+            f"{target_epsilon:g}; finishing the run with its last checkpoint's weights"
+        )
+    eps_final = _epsilon_at(plan, config, counted + take)
+    spent = ledger.resume_run(prep, rid, steps=counted + take, epsilon=eps_final)
+    say(f"privacy ledger of {prep}: total spent with this run {_fmt_eps(spent)}")
+
+    from covidct.devices import choose_device  # TensorFlow from here on
+
+    device = choose_device(prefer=config.device)
+    job = _Job(prep, config, plan, run, rid, train_units, val, test, say, progress, t0)
+    return _fit(job, device, saved=saved, counted=counted, stop_at=next_step + take)
+
+
+def _load_splits(prep: Path, config: TrainConfig) -> tuple[Units, Units, Units]:
     train_units = load_units(prep, "train", config.privacy_unit)
     val = load_units(prep, "validation", PrivacyUnit.PATIENT)
     test = load_units(prep, "test", PrivacyUnit.PATIENT)
     for name, units in (("train", train_units), ("validation", val), ("test", test)):
         if len(units) == 0:
             raise DataError(f"the {name} split of {prep} is empty: prepare more patients")
-    plan = plan_privacy(n_units=len(train_units), config=config, target_epsilon=target_epsilon)
-    say(_describe_plan(plan, config))
+    return train_units, val, test
 
-    # TensorFlow only from here on
-    from covidct.devices import choose_device
+
+def _epsilon_at(plan: PrivacyPlan, config: TrainConfig, steps: int) -> float:
+    if not plan.dp:
+        return math.inf
+    return accounting.compute_epsilon(
+        noise_multiplier=plan.noise_multiplier,
+        sampling_rate=plan.sampling_rate,
+        steps=steps,
+        delta=plan.delta,
+        accountant=config.accountant,
+    )
+
+
+def _slice_rng(seed: int, step: int) -> np.random.Generator:
+    """Which k slices each sampled patient contributes at ``step``: a pure function of
+    (seed, step), so a resumed run draws what the uninterrupted run would have drawn."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(7, step)))
+
+
+def _fit(
+    job: _Job, device: Any, *, saved: checkpoint.SavedState | None, counted: int, stop_at: int
+) -> RunResult:
+    """Train from ``saved`` (or from scratch) until step ``stop_at``, then finish the run."""
     from covidct.models import build_model, validate_model
     from covidct.privacy.mechanism import DPGradient, DPSettings
-    from covidct.privacy.report import write_report
     from covidct.tfsetup import keras
 
-    device = choose_device(prefer=config.device)
+    config, plan, run, say = job.config, job.plan, job.run, job.say
     execution = resolve_execution(config.execution, device.kind)
     say(f"device {device.describe()}; execution mode {execution.value}")
-    rid = run_id or new_run_id(target_epsilon)
-    check_new_run(runs_dir, rid)  # before the ledger records it
-    spent = ledger.begin_run(prep, _ledger_entry(rid, runs_dir / rid, plan, config))
-    say(f"privacy ledger of {prep}: total spent with this run {_fmt_eps(spent)}")
-    run = create_run_dir(runs_dir, rid)
-    if resolved_config is not None:
-        write_yaml(run, "config.yaml", resolved_config)
-
-    size = image_size(prep)
-    store = SliceStore(prep)
+    size = image_size(job.prep)
+    store = SliceStore(job.prep)
     with device.strategy.scope():
         model = build_model(config.model, input_size=size, seed=config.seed)
         validate_model(model)
-        if config.initial_weights:
+        if config.initial_weights and saved is None:
             _load_initial_weights(model, Path(config.initial_weights))
         optimizer = _optimizer(config, keras)
+        optimizer.build(model.trainable_variables)  # its slots exist, so a checkpoint holds them
         dp = DPGradient(
             model,
             settings=DPSettings(
@@ -196,109 +331,166 @@ def train(
             jit_compile=device.jit_compile,
             runner=device.run,
         )
+    loop = checkpoint.LoopState()
+    best_weights = model.get_weights()
+    if saved is not None:
+        model.set_weights(saved.weights)
+        for var, value in zip(optimizer.variables, saved.optimizer, strict=True):
+            var.assign(value)
+        best_weights, loop = saved.best_weights, saved.loop
+        loop.attempts += 1
     sampler: PoissonSampler | ShuffledSampler
     if config.sampling is Sampling.POISSON:
         sampler = PoissonSampler(
-            len(train_units), sampling_rate=plan.sampling_rate, seed=config.seed
+            len(job.train_units), sampling_rate=plan.sampling_rate, seed=config.seed
         )
     else:
-        sampler = ShuffledSampler(len(train_units), batch_size=config.batch_size, seed=config.seed)
-    eps_per_epoch = _epsilons(plan, config)
-    rng = np.random.default_rng(np.random.SeedSequence(config.seed, spawn_key=(7,)))
+        sampler = ShuffledSampler(
+            len(job.train_units), batch_size=config.batch_size, seed=config.seed
+        )
+    planned_eps = _epsilons(plan, config)
+    first_step = loop.next_step
+    spe = plan.steps_per_epoch
 
-    history: list[dict[str, Any]] = []
-    best_auc, best_weights, bad_epochs, steps_taken = -1.0, model.get_weights(), 0, 0
-    bar = _bar(plan.steps, progress)
-    for epoch in range(config.epochs):
-        loss_sum, loss_n = 0.0, 0
-        for i in range(plan.steps_per_epoch):
-            step = epoch * plan.steps_per_epoch + i
-            chosen = sampler.sample(step)
-            dp.reset()
-            for chunk in unit_chunks(
-                train_units,
-                chosen,
-                store,
-                k=config.max_slices_per_unit,
-                chunk=config.chunk_units,
-                rng=rng,
-            ):
-                dp.accumulate(*chunk)
-            if bar is not None and dp.units_in_batch:  # read before apply clears the sums
-                loss_sum += dp.mean_unit_loss
-                loss_n += 1
-            dp.apply(optimizer, step=step)
-            steps_taken += 1
-            if bar is not None:
-                bar.update(1)
-                # the training loss is computed on private data without noise: console only,
-                # never written to the run (it is not covered by the guarantee)
-                bar.set_postfix(
-                    loss=f"{loss_sum / max(loss_n, 1):.3f}",
-                    eps=f"{eps_per_epoch[epoch - 1] if epoch else 0.0:.2f}",
-                )
-        val_pred = predict(model, val, store)
+    def save_checkpoint() -> None:
+        checkpoint.save_state(
+            run,
+            weights=model.get_weights(),
+            optimizer=[v.numpy() for v in optimizer.variables],
+            best_weights=best_weights,
+            loop=loop,
+        )
+
+    def end_epoch(epoch: int) -> None:
+        """Validate after ``epoch`` (1-based), keep the best weights, decide early stopping."""
+        nonlocal best_weights
+        val_pred = predict(model, job.val, store)
         _, v_labels, v_scores = val_pred.by_patient(config.patient_score)
         val_auc = auc_or_nan(v_labels, v_scores)
-        history.append(
-            {
-                "epoch": epoch + 1,
-                "steps": steps_taken,
-                "epsilon": eps_per_epoch[epoch],
-                "validation_patient_auc": val_auc,
-            }
+        # epsilon over every step counted so far (repeated steps included)
+        eps = (
+            planned_eps[epoch - 1]
+            if counted == epoch * spe and epoch <= len(planned_eps)
+            else _epsilon_at(plan, config, counted)
         )
-        _checkpoint(model, run)
+        loop.history.append(
+            {"epoch": epoch, "steps": counted, "epsilon": eps, "validation_patient_auc": val_auc}
+        )
         say(
-            f"epoch {epoch + 1}/{config.epochs}: epsilon spent {eps_per_epoch[epoch]:.3f}, "
+            f"epoch {epoch}/{config.epochs}: epsilon spent {eps:.3f}, "
             f"validation patient AUC {val_auc:.3f}"
         )
-        if not (val_auc <= best_auc):  # NaN-safe: a NaN AUC never counts as an improvement
-            best_auc, best_weights, bad_epochs = val_auc, model.get_weights(), 0
+        if not (val_auc <= loop.best_auc):  # NaN-safe: a NaN AUC never counts as improvement
+            loop.best_auc, best_weights, loop.bad_epochs = val_auc, model.get_weights(), 0
         else:
-            bad_epochs += 1
-            if config.early_stopping_patience and bad_epochs >= config.early_stopping_patience:
-                say(f"early stop after epoch {epoch + 1}: no validation improvement")
-                break
+            loop.bad_epochs += 1
+            if config.early_stopping_patience and loop.bad_epochs >= config.early_stopping_patience:
+                say(f"early stop after epoch {epoch}: no validation improvement")
+                loop.done = True
+
+    bar = _bar(plan.steps, job.progress, initial=first_step)
+    loss_sum, loss_n = 0.0, 0
+    step = first_step
+    while step < stop_at and not loop.done:
+        # counted BEFORE the noisy update exists: a crash from here on leaves the step counted
+        counted += 1
+        checkpoint.count_step(run, counted)
+        dp.reset()
+        for chunk in unit_chunks(
+            job.train_units,
+            sampler.sample(step),
+            store,
+            k=config.max_slices_per_unit,
+            chunk=config.chunk_units,
+            rng=_slice_rng(config.seed, step),
+        ):
+            dp.accumulate(*chunk)
+        if bar is not None and dp.units_in_batch:  # read before apply clears the sums
+            loss_sum += dp.mean_unit_loss
+            loss_n += 1
+        dp.apply(optimizer, step=step)
+        step += 1
+        loop.next_step = step
+        if bar is not None:
+            bar.update(1)
+            # the training loss is computed on private data without noise: console only,
+            # never written to the run (it is not covered by the guarantee)
+            last_eps = loop.history[-1]["epsilon"] if loop.history else 0.0
+            bar.set_postfix(loss=f"{loss_sum / max(loss_n, 1):.3f}", eps=f"{last_eps:.2f}")
+        if step % spe == 0:
+            end_epoch(step // spe)
+            loss_sum, loss_n = 0.0, 0
+            save_checkpoint()
+        elif config.checkpoint_every and (step - first_step) % config.checkpoint_every == 0:
+            save_checkpoint()
     if bar is not None:
         bar.close()
+    if step % spe and not loop.done:  # stopped inside an epoch (a resume that had to stop early)
+        end_epoch(len(loop.history) + 1)
+    loop.done = True
+    save_checkpoint()  # a crash while finishing resumes straight to finishing
     if config.restore_best:
         model.set_weights(best_weights)
+    return _finish(job, model, store, device, execution.value, loop, counted)
 
-    val_pred = predict(model, val, store)
-    test_pred = predict(model, test, store)
+
+def _finish(
+    job: _Job,
+    model: Any,
+    store: SliceStore,
+    device: Any,
+    execution: str,
+    loop: checkpoint.LoopState,
+    counted: int,
+) -> RunResult:
+    """Evaluate, audit and write the run's files; run.json last (it marks the run finished)."""
+    from covidct.privacy.report import write_report
+
+    config, plan, run, say = job.config, job.plan, job.run, job.say
+    val_pred = predict(model, job.val, store)
+    test_pred = predict(model, job.test, store)
     metrics = split_metrics(test_pred, val_pred, config.patient_score)
-    metrics["validation_patient_auc_best"] = best_auc
+    metrics["validation_patient_auc_best"] = loop.best_auc
     _save_model(model, run)
 
-    report = _privacy_report(plan, config, train_units, steps_taken, eps_per_epoch[: len(history)])
+    steps_repeated = counted - loop.next_step
+    report = _privacy_report(
+        plan,
+        config,
+        job.train_units,
+        counted,
+        [h["epsilon"] for h in loop.history],
+        steps_repeated=steps_repeated,
+    )
     say("auditing: membership inference on training vs held-out patients")
-    audit = _audit(model, train_units, store, [val_pred, test_pred], report)
+    audit = _audit(model, job.train_units, store, [val_pred, test_pred], report)
     write_json(run, "audit.json", audit)
     report = replace(report, audit=audit)
     write_report(report, run)
-    ledger.finish_run(prep, rid, steps=steps_taken, epsilon=report.epsilon)
+    ledger.finish_run(job.prep, job.run_id, steps=counted, epsilon=report.epsilon)
     say(audit["reading"])
     write_json(run, "metrics.json", metrics)
-    write_json(run, "history.json", history)
-    seconds = time.perf_counter() - t0
+    write_json(run, "history.json", loop.history)
+    seconds = time.perf_counter() - job.t0
     write_json(
         run,
         "run.json",
         {
-            "prep": os.path.abspath(prep),
+            "prep": os.path.abspath(job.prep),
             "device": device.describe(),
-            "execution": execution.value,
+            "execution": execution,
             "model": config.model,
             "privacy_unit": config.privacy_unit.value,
-            "image_size": size,
+            "image_size": image_size(job.prep),
             # how slices were made: inference (the dashboard) must prepare scans the same way
-            "slice_settings": slice_settings(prep),
+            "slice_settings": slice_settings(job.prep),
             "seconds": round(seconds, 1),
-            "steps": steps_taken,
+            "steps": counted,
+            "steps_repeated": steps_repeated,
+            "attempts": loop.attempts,
         },
     )
-    return RunResult(run, report, metrics, device.describe(), execution.value, seconds)
+    return RunResult(run, report, metrics, device.describe(), execution, seconds)
 
 
 def _privacy_report(
@@ -307,6 +499,8 @@ def _privacy_report(
     train_units: Units,
     steps_taken: int,
     eps_per_epoch: list[float],
+    *,
+    steps_repeated: int = 0,
 ) -> Any:
     """The epsilon report for the steps actually taken (an early stop spends less)."""
     from covidct.privacy.report import build_report
@@ -343,6 +537,7 @@ def _privacy_report(
         accountant=config.accountant,
         sampling=config.sampling,
         epsilon_per_epoch=eps_per_epoch,
+        steps_repeated=steps_repeated,
         tf_privacy_statement=(
             accounting.tf_privacy_statement(
                 n_units=plan.n_units,
@@ -514,21 +709,15 @@ def _load_initial_weights(model: Any, path: Path) -> None:
         ) from exc
 
 
-def _checkpoint(model: Any, run: Path) -> None:
-    tmp = run / "checkpoints" / "last.tmp.h5"
-    model.save_weights(str(tmp))
-    os.replace(tmp, run / "checkpoints" / "last.h5")
-
-
 def _save_model(model: Any, run: Path) -> None:
     tmp = run / "model.tmp.keras"
     model.save(str(tmp))
     os.replace(tmp, run / "model.keras")
 
 
-def _bar(total: int, enabled: bool) -> Any:
+def _bar(total: int, enabled: bool, *, initial: int = 0) -> Any:
     if not enabled:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, desc="training", unit="step")
+    return tqdm(total=total, initial=initial, desc="training", unit="step")

@@ -45,6 +45,8 @@ class TrainConfig:
             (else the last epoch's).
         initial_weights: optional weights file (.h5 / .keras) for public pretraining.
         device: auto, cpu, gpu or ipu.
+        checkpoint_every: steps between checkpoints inside an epoch (0 = only at epoch ends);
+            ``covidct train --resume RUN`` continues from the last one.
         seed: seeds initialisation, sampling and noise.
     """
 
@@ -69,4 +71,5 @@ class TrainConfig:
     restore_best: bool = True
     initial_weights: str = ""
     device: str = "auto"
+    checkpoint_every: int = 50
     seed: int = 0

@@ -34,9 +34,11 @@ __all__ = [
     "BudgetExceededError",
     "Ledger",
     "LedgerEntry",
+    "LedgerError",
     "begin_run",
     "finish_run",
     "read_ledger",
+    "resume_run",
     "set_budget",
     "total_spent",
 ]
@@ -160,14 +162,8 @@ def total_spent(
     """Patient-level epsilon at ``delta`` of all the runs together (composed, not summed)."""
     if any(not e.bounded for e in entries):
         return math.inf
-    events = [
-        accounting.dp_event(
-            noise_multiplier=e.noise_multiplier, sampling_rate=e.sampling_rate, steps=e.steps
-        )
-        for e in entries
-        if e.steps > 0
-    ]
-    return accounting.compose_epsilon(events, delta=delta, accountant=accountant)
+    runs = [(e.noise_multiplier, e.sampling_rate, e.steps) for e in entries if e.steps > 0]
+    return accounting.compose_runs(runs, delta=delta, accountant=accountant)
 
 
 def _budget_delta(ledger: Ledger, fallback: float) -> float:
@@ -200,39 +196,88 @@ def begin_run(prep: Path, entry: LedgerEntry) -> float:
     """
     with _locked(prep):
         ledger = read_ledger(prep)
-        delta = _budget_delta(ledger, entry.delta)
-        before = total_spent(ledger.entries, delta=delta)
-        after = total_spent([*ledger.entries, entry], delta=delta)
-        if ledger.budget_epsilon is not None and after > ledger.budget_epsilon:
-            left = max(0.0, ledger.budget_epsilon - before)
-            what = (
-                "a non-private run has no bound"
-                if not entry.dp
-                else "a slice-level run does not bound a patient's spend"
-                if entry.privacy_unit != "patient"
-                else f"this run would bring the total to epsilon {after:.3g}"
-            )
-            raise BudgetExceededError(
-                f"refused: the privacy budget of {prep} is epsilon {ledger.budget_epsilon:g} at "
-                f"delta {delta:.3g}; {len(ledger.entries)} earlier run(s) spent "
-                f"{_fmt(before)}, leaving {left:.3g}; {what}. Ask for a smaller epsilon, or see "
-                f"`covidct budget {prep}`."
-            )
+        after = _check_budget(prep, ledger, others=ledger.entries, entry=entry)
         ledger.entries.append(entry)
         _write(prep, ledger)
         return after
 
 
+def resume_run(prep: Path, run_id: str, *, steps: int, epsilon: float) -> float:
+    """Raise a resumed run's recorded steps to the most it may now count (repeated steps too).
+
+    Args:
+        prep: the prepared dataset.
+        run_id: the run being resumed (its latest "started" entry is updated).
+        steps: the steps it will have counted when it finishes (steps before the crash, repeated
+            ones included, plus those still to take).
+        epsilon: the run's own epsilon for those steps.
+
+    Returns:
+        The total spend including the resumed run.
+
+    Raises:
+        BudgetExceededError: the larger count would take the dataset over its budget.
+        LedgerError: the ledger has no unfinished entry for the run.
+    """
+    with _locked(prep):
+        ledger = read_ledger(prep)
+        i = _latest_started(ledger, run_id)
+        if i is None:
+            raise LedgerError(
+                f"the privacy ledger of {prep} has no unfinished entry for run {run_id}: "
+                "it finished already, or it trained on another dataset"
+            )
+        old = ledger.entries[i]
+        entry = replace(old, steps=max(old.steps, steps), epsilon=max(old.epsilon, epsilon))
+        others = ledger.entries[:i] + ledger.entries[i + 1 :]
+        after = _check_budget(prep, ledger, others=others, entry=entry)
+        ledger.entries[i] = entry
+        _write(prep, ledger)
+        return after
+
+
+def _latest_started(ledger: Ledger, run_id: str) -> int | None:
+    for i in range(len(ledger.entries) - 1, -1, -1):
+        e = ledger.entries[i]
+        if e.run_id == run_id and e.status == "started":
+            return i
+    return None
+
+
+def _check_budget(
+    prep: Path, ledger: Ledger, *, others: list[LedgerEntry], entry: LedgerEntry
+) -> float:
+    """The total with ``entry`` added to ``others``; raises when it exceeds the budget."""
+    delta = _budget_delta(ledger, entry.delta)
+    before = total_spent(others, delta=delta)
+    after = total_spent([*others, entry], delta=delta)
+    if ledger.budget_epsilon is not None and after > ledger.budget_epsilon:
+        left = max(0.0, ledger.budget_epsilon - before)
+        what = (
+            "a non-private run has no bound"
+            if not entry.dp
+            else "a slice-level run does not bound a patient's spend"
+            if entry.privacy_unit != "patient"
+            else f"this run would bring the total to epsilon {after:.3g}"
+        )
+        raise BudgetExceededError(
+            f"refused: the privacy budget of {prep} is epsilon {ledger.budget_epsilon:g} at "
+            f"delta {delta:.3g}; {len(others)} earlier run(s) spent "
+            f"{_fmt(before)}, leaving {left:.3g}; {what}. Ask for a smaller epsilon, or see "
+            f"`covidct budget {prep}`."
+        )
+    return after
+
+
 def finish_run(prep: Path, run_id: str, *, steps: int, epsilon: float) -> None:
-    """Replace a started run's planned steps by the steps it took."""
+    """Replace a started run's planned steps by the steps it counted."""
     with _locked(prep):
         ledger = read_ledger(prep)
         # the latest start of this run: an earlier attempt that crashed keeps its full count
-        for i in range(len(ledger.entries) - 1, -1, -1):
+        i = _latest_started(ledger, run_id)
+        if i is not None:
             e = ledger.entries[i]
-            if e.run_id == run_id and e.status == "started":
-                ledger.entries[i] = replace(e, status="finished", steps=steps, epsilon=epsilon)
-                break
+            ledger.entries[i] = replace(e, status="finished", steps=steps, epsilon=epsilon)
         _write(prep, ledger)
 
 

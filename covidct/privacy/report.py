@@ -60,6 +60,8 @@ class PrivacyReport:
         tf_privacy_statement: tensorflow-privacy's statement for the same run.
         notes: assumptions and caveats, in plain sentences.
         audit: the empirical membership-inference audit (covidct.privacy.audit), once run.
+        steps_repeated: steps taken again after an interruption (``covidct train --resume``);
+            they are included in ``steps`` and in epsilon.
     """
 
     dp: bool
@@ -81,6 +83,7 @@ class PrivacyReport:
     tf_privacy_statement: str
     notes: list[str]
     audit: dict[str, Any] | None = None
+    steps_repeated: int = 0
 
 
 @dataclass(frozen=True)
@@ -180,6 +183,12 @@ def _build_notes(r: PrivacyReport) -> list[str]:
             f"The achieved epsilon {r.epsilon:.4g} EXCEEDS the target {r.target_epsilon:g} "
             "(for example, training was resumed or extended beyond the planned steps)."
         )
+    if r.steps_repeated:
+        notes.append(
+            f"Training was interrupted and resumed from a checkpoint: {r.steps_repeated} "
+            "step(s) ran again. They are counted twice in steps and epsilon, because the noisy "
+            "updates of the lost attempt may have been observed."
+        )
     if r.n_units > 0 and r.delta >= 1 / r.n_units:
         notes.append(
             f"delta = {r.delta:g} is not below 1/N = {1 / r.n_units:.3g}: a mechanism that "
@@ -218,6 +227,7 @@ def build_report(
     sampling: Sampling,
     epsilon_per_epoch: list[float],
     tf_privacy_statement: str,
+    steps_repeated: int = 0,
 ) -> PrivacyReport:
     """Assemble the report of a run and write its notes (assumptions and caveats).
 
@@ -239,6 +249,7 @@ def build_report(
         sampling: how batches were formed.
         epsilon_per_epoch: cumulative epsilon after each epoch.
         tf_privacy_statement: from ``accounting.tf_privacy_statement`` (empty when not private).
+        steps_repeated: steps run again after a resume (already included in ``steps``).
 
     Returns:
         The report.
@@ -281,6 +292,7 @@ def build_report(
         epsilon_per_epoch=list(epsilon_per_epoch),
         tf_privacy_statement=tf_privacy_statement,
         notes=[],
+        steps_repeated=steps_repeated,
     )
     return dataclasses.replace(report, notes=_build_notes(report))
 
@@ -354,7 +366,8 @@ def report_from_json(d: dict[str, Any]) -> PrivacyReport:
             f"{d.get('format')!r}. Fix: regenerate it with `covidct report`."
         )
     names = {f.name for f in dataclasses.fields(PrivacyReport)}
-    missing = names - d.keys() - {"audit"}  # reports written before the audit existed
+    # reports written before the audit or resuming existed
+    missing = names - d.keys() - {"audit", "steps_repeated"}
     unknown = d.keys() - names - {"format"}
     if missing or unknown:
         raise ReportFormatError(
@@ -490,6 +503,7 @@ def report_to_markdown(report: PrivacyReport) -> str:
         ("sampling rate (q)", _fmt(r.sampling_rate)),
         ("expected batch size (q*N)", _fmt(r.expected_batch_size)),
         ("steps", str(r.steps)),
+        *([("of which repeated after a resume", str(r.steps_repeated))] * bool(r.steps_repeated)),
         ("epochs", _fmt(r.epochs)),
         ("sampling", r.sampling.value),
         ("accountant", r.accountant.value.upper()),

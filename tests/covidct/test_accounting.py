@@ -19,10 +19,12 @@ from covidct.privacy.accounting import (
     Sampling,
     calibrate_noise,
     check_noise_is_usable,
+    compose_runs,
     compute_epsilon,
     default_delta,
     dp_event,
     epsilon_per_epoch,
+    max_steps_within,
     sampling_assumption,
     tf_privacy_statement,
     validate_request,
@@ -52,6 +54,35 @@ def test_epsilon_matches_independent_dp_accounting_and_stack_reference(
     )
     assert eps == pytest.approx(_independent_epsilon(independent()), rel=1e-9)
     assert eps == pytest.approx(reference, abs=1e-3)
+
+
+def test_composed_runs_equal_one_plain_accountant_over_all_their_steps() -> None:
+    # the cached per-step RDP path (steps x one step's RDP) against dp_accounting composing
+    # each run's events itself
+    runs = [(1.1, 0.032, 625), (2.5, 0.1, 40), (1.1, 0.032, 3), (0.8, 0.5, 7)]
+    acc = rdp.RdpAccountant()
+    for sigma, q, n in runs:
+        step = dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma))
+        acc.compose(step, count=n)
+    got = compose_runs(runs, delta=DELTA, accountant=Accountant.RDP)
+    assert got == pytest.approx(float(acc.get_epsilon(DELTA)), rel=1e-12)
+    pld_got = compose_runs(runs[:2], delta=DELTA, accountant=Accountant.PLD)
+    plain = pld.PLDAccountant()
+    for sigma, q, n in runs[:2]:
+        step = dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma))
+        plain.compose(step, count=n)
+    assert pld_got == pytest.approx(float(plain.get_epsilon(DELTA)), rel=1e-9)
+    assert compose_runs([], delta=DELTA) == 0.0
+
+
+def test_max_steps_within_is_the_largest_count_that_fits() -> None:
+    target = compute_epsilon(noise_multiplier=SIGMA, sampling_rate=Q, steps=300, delta=DELTA)
+    kw = {"noise_multiplier": SIGMA, "sampling_rate": Q, "delta": DELTA}
+    assert max_steps_within(target_epsilon=target, upper=1000, **kw) == 300
+    assert max_steps_within(target_epsilon=target * 0.999, upper=1000, **kw) == 299
+    assert max_steps_within(target_epsilon=target, upper=120, **kw) == 120
+    assert max_steps_within(target_epsilon=1e-9, upper=50, **kw) == 0
+    assert max_steps_within(target_epsilon=math.inf, upper=50, **kw) == 50
 
 
 def test_dp_event_is_the_self_composed_poisson_sampled_gaussian() -> None:

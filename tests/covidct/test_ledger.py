@@ -15,9 +15,11 @@ from covidct.cli import main
 from covidct.privacy.ledger import (
     BudgetExceededError,
     LedgerEntry,
+    LedgerError,
     begin_run,
     finish_run,
     read_ledger,
+    resume_run,
     set_budget,
     total_spent,
 )
@@ -82,6 +84,24 @@ def _append_many(args: tuple[str, int]) -> None:
     folder, worker = args
     for i in range(6):
         begin_run(Path(folder), _entry(f"w{worker}-{i}", steps=1))
+
+
+def test_a_resumed_run_raises_its_count_and_respects_the_budget(tmp_path):
+    prep = tmp_path / "prep"
+    begin_run(prep, _entry("a", steps=1000))
+    after = resume_run(prep, "a", steps=1200, epsilon=1.2)
+    (e,) = read_ledger(prep).entries
+    assert e.steps == 1200 and e.status == "started" and e.epsilon == 1.2
+    assert after == pytest.approx(total_spent([e], delta=1e-5))
+    resume_run(prep, "a", steps=900, epsilon=0.9)  # never lowers what may have been spent
+    assert read_ledger(prep).entries[0].steps == 1200
+    set_budget(prep, epsilon=after * 1.01, delta=1e-5)
+    with pytest.raises(BudgetExceededError, match="leaving"):
+        resume_run(prep, "a", steps=5000, epsilon=3.0)
+    assert read_ledger(prep).entries[0].steps == 1200  # the refused resume changed nothing
+    finish_run(prep, "a", steps=1200, epsilon=1.2)
+    with pytest.raises(LedgerError, match="no unfinished entry"):
+        resume_run(prep, "a", steps=1300, epsilon=1.3)
 
 
 def test_concurrent_trainings_lose_no_entry(tmp_path):

@@ -38,7 +38,9 @@ def test_run_folder_is_complete(dp_run):
         "history.json",
         "run.json",
         "audit.json",
-        "checkpoints/last.h5",
+        "checkpoints/state.npz",
+        "checkpoints/plan.json",
+        "checkpoints/progress.json",
     ]:
         assert (run / name).is_file(), name
     metrics = json.loads((run / "metrics.json").read_text())
