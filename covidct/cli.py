@@ -324,11 +324,12 @@ def _cmd_sweep(args: argparse.Namespace, cfg: Config) -> int:
     done = [0]
 
     def on_point(point: SweepPoint, what: str) -> None:
-        if what == "start":
+        if what in ("start", "resume"):
             if bar is not None:
                 bar.set_postfix_str(point.run_id)
             else:
-                print(f"[{done[0] + 1}/{total}] training {point.run_id}", file=sys.stderr)
+                verb = "training" if what == "start" else "resuming"
+                print(f"[{done[0] + 1}/{total}] {verb} {point.run_id}", file=sys.stderr)
             return
         done[0] += 1
         if bar is not None:

@@ -3,7 +3,8 @@
 ``sweeps/<id>/`` holds ``sweep.json`` (the grid and the training settings), ``runs/<point>/``
 (one complete run folder per point, audit included), ``curves.csv`` (one row per finished run),
 three PNG plots and ``sweep_report.md``. A point whose run folder holds ``run.json`` (written
-last by ``covidct train``) is finished and never re-run; an interrupted point is started again.
+last by ``covidct train``) is finished and never re-run; an interrupted point resumes from its
+last checkpoint (its steps stay counted), or starts again when it died before its first step.
 """
 
 from __future__ import annotations
@@ -139,7 +140,8 @@ def run_sweep(
     Raises:
         SweepError: the folder holds a different grid or settings.
     """
-    from covidct.train import train
+    from covidct.checkpoint import PLAN, folder
+    from covidct.train import resume, train
 
     points = grid(epsilons, batch_sizes, seeds)
     spec = {
@@ -158,7 +160,14 @@ def run_sweep(
             if on_point:
                 on_point(point, "skip")
             continue
-        if run.exists():  # interrupted before run.json: nothing in it is final
+        if (folder(run) / PLAN).is_file():  # interrupted before run.json: continue it
+            if on_point:
+                on_point(point, "resume")
+            resume(run)
+            if on_point:
+                on_point(point, "done")
+            continue
+        if run.exists():  # died before training began: nothing in it is final
             shutil.rmtree(run)
         if on_point:
             on_point(point, "start")

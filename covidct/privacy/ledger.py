@@ -223,6 +223,9 @@ def resume_run(prep: Path, run_id: str, *, steps: int, epsilon: float) -> float:
         ledger = read_ledger(prep)
         i = _latest_started(ledger, run_id)
         if i is None:
+            done = [e for e in ledger.entries if e.run_id == run_id and e.status == "finished"]
+            if done and done[-1].steps >= steps:  # died after recording its end: nothing new
+                return total_spent(ledger.entries, delta=_budget_delta(ledger, done[-1].delta))
             raise LedgerError(
                 f"the privacy ledger of {prep} has no unfinished entry for run {run_id}: "
                 "it finished already, or it trained on another dataset"

@@ -74,15 +74,17 @@ def test_sweep_writes_curves_plots_and_report_and_resumes(prep, tmp_path, capsys
     assert (out / "runs" / "eps2_b8_s0" / "run.json").stat().st_mtime_ns == stamp
 
 
-def test_interrupted_point_is_rerun_and_other_grids_are_refused(prep, tmp_path, capsys):
+def test_interrupted_point_is_resumed_and_other_grids_are_refused(prep, tmp_path, capsys):
     out = tmp_path / "sweep"
     assert _sweep(prep, out, "inf") == 0
     run = out / "runs" / "epsinf_b8_s0"
-    (run / "run.json").unlink()  # as if killed before the run finished
+    steps = json.loads((run / "run.json").read_text())["steps"]
+    (run / "run.json").unlink()  # as if killed while writing its last files
     capsys.readouterr()
     assert _sweep(prep, out, "inf") == 0
-    assert "training epsinf_b8_s0" in capsys.readouterr().err
-    assert json.loads((run / "run.json").read_text())["steps"] > 0
+    assert "resuming epsinf_b8_s0" in capsys.readouterr().err
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["steps"] == steps and meta["attempts"] == 2  # finished, not trained again
 
     assert _sweep(prep, out, "3,inf") == 2  # a different grid in the same folder
     assert "other settings" in capsys.readouterr().err
