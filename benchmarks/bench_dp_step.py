@@ -176,6 +176,17 @@ def main() -> None:
                 )
                 if tfp and "examples_per_s" in results["covidct_auto"]
                 else None,
+                # the paper's extension: per-layer clipping against flat, same execution mode
+                "per_layer_vs_flat": {
+                    mode: round(
+                        results[f"covidct_{mode}_per_layer"]["examples_per_s"]
+                        / results[f"covidct_{mode}"]["examples_per_s"],
+                        3,
+                    )
+                    for mode in ("nanobatch", "vectorized")
+                    if "examples_per_s" in results[f"covidct_{mode}_per_layer"]
+                    and "examples_per_s" in results[f"covidct_{mode}"]
+                },
                 "nanobatch_peak_rss_mb": {
                     "logical_batch_32": small_mem,
                     "logical_batch_512": big.get("peak_rss_mb"),

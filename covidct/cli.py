@@ -88,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["flat", "per-layer"],
         help="flat: one norm C per unit; per-layer: each layer to C_l, sum of C_l^2 = C^2",
     )
+    t.add_argument(
+        "--pipeline-stages",
+        type=int,
+        metavar="N",
+        help="with --clipping per-layer: clip N consecutive stages of the model (pipeline groups)",
+    )
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_config_args(t)
 
@@ -230,6 +236,7 @@ def _cmd_train(args: argparse.Namespace, cfg: Config) -> int:
                 ("--set", args.overrides),
                 ("--privacy-unit", args.privacy_unit),
                 ("--clipping", args.clipping),
+                ("--pipeline-stages", args.pipeline_stages),
                 ("--run-id", args.run_id),
             )
             if value
@@ -263,6 +270,8 @@ def _cmd_train(args: argparse.Namespace, cfg: Config) -> int:
             from covidct.privacy.modes import ClippingMode
 
             c = replace(c, clipping=ClippingMode(args.clipping))
+        if args.pipeline_stages is not None:
+            c = replace(c, pipeline_stages=args.pipeline_stages)
         cfg = replace(cfg, train=c)
         result = train(
             args.data,

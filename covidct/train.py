@@ -168,12 +168,14 @@ def train(
     say = on_event or (lambda msg: logger.info(msg))
     t0 = time.perf_counter()
     train_units, val, test = _load_splits(prep, config)
+    _check_clipping(config)
     plan = plan_privacy(n_units=len(train_units), config=config, target_epsilon=target_epsilon)
     say(_describe_plan(plan, config))
 
     from covidct.devices import choose_device  # TensorFlow from here on
 
     device = choose_device(prefer=config.device)
+    _stage_groups(config, prep)  # a bad stage count fails before the ledger counts the run
     rid = run_id or new_run_id(target_epsilon)
     check_new_run(runs_dir, rid)  # before the ledger records it
     spent = ledger.begin_run(prep, _ledger_entry(rid, runs_dir / rid, plan, config))
@@ -269,6 +271,36 @@ def resume(
     return _fit(job, device, saved=saved, counted=counted, stop_at=next_step + take)
 
 
+def _check_clipping(config: TrainConfig) -> None:
+    from covidct.config import ConfigError
+    from covidct.privacy.modes import ClippingMode
+
+    if config.pipeline_stages < 0:
+        raise ConfigError(f"train.pipeline_stages must be >= 0, got {config.pipeline_stages}")
+    if config.pipeline_stages and config.clipping is not ClippingMode.PER_LAYER:
+        raise ConfigError(
+            "train.pipeline_stages clips each stage on its own, which is per-layer clipping: "
+            "add --clipping per-layer (or set train.pipeline_stages: 0)"
+        )
+
+
+def _stage_groups(config: TrainConfig, prep: Path, model: Any = None) -> list[list[int]] | None:
+    """Per-stage clipping groups (None unless train.pipeline_stages is set)."""
+    if not config.pipeline_stages:
+        return None
+    from covidct.config import ConfigError
+    from covidct.privacy.stages import StageError, stage_groups
+
+    if model is None:
+        from covidct.models import build_model
+
+        model = build_model(config.model, input_size=image_size(prep), seed=config.seed)
+    try:
+        return stage_groups(model, config.pipeline_stages)
+    except StageError as exc:
+        raise ConfigError(f"train.pipeline_stages: {exc}") from exc
+
+
 def _load_splits(prep: Path, config: TrainConfig) -> tuple[Units, Units, Units]:
     train_units = load_units(prep, "train", config.privacy_unit)
     val = load_units(prep, "validation", PrivacyUnit.PATIENT)
@@ -317,6 +349,18 @@ def _fit(
             _load_initial_weights(model, Path(config.initial_weights))
         optimizer = _optimizer(config, keras)
         optimizer.build(model.trainable_variables)  # its slots exist, so a checkpoint holds them
+        groups = _stage_groups(config, job.prep, model)
+        if groups is not None:
+            say(
+                f"per-stage clipping: {len(groups)} stage(s) of consecutive layers, each "
+                "clipped on its own"
+                + (
+                    "; the model runs on one IPU (mapping stages onto several IPUs with "
+                    "Graphcore's pipelining is not built)"
+                    if device.kind == "ipu" and len(groups) > 1
+                    else ""
+                )
+            )
         dp = DPGradient(
             model,
             settings=DPSettings(
@@ -328,6 +372,7 @@ def _fit(
             ),
             mode=execution,
             seed=config.seed,
+            layer_groups=groups,
             jit_compile=device.jit_compile,
             runner=device.run,
         )

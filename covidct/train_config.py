@@ -28,6 +28,10 @@ class TrainConfig:
         max_slices_per_unit: k, slices a patient contributes per step (a random subset).
         clip_norm: C, the L2 bound on one unit's gradient.
         clipping: flat, or per-layer (sum of C_l^2 = C^2).
+        pipeline_stages: per-layer clipping only: 0 clips each layer on its own; N >= 1 splits
+            the model into N consecutive stages of similar parameter count and clips each
+            stage's parameters to C_s (what a pipeline-parallel model can do without a global
+            norm).
         per_layer_split: per-layer bounds C_l: "equal", or "proportional" to each layer's
             parameter count.
         optimizer: sgd, momentum or adam (applied to the noisy averaged gradient).
@@ -56,6 +60,7 @@ class TrainConfig:
     max_slices_per_unit: int = 8
     clip_norm: float = 1.0
     clipping: ClippingMode = ClippingMode.FLAT
+    pipeline_stages: int = 0
     per_layer_split: PerLayerSplit = PerLayerSplit.EQUAL
     optimizer: OptimizerName = OptimizerName.MOMENTUM
     learning_rate: float = 0.1

@@ -245,10 +245,18 @@ def test_per_layer_clipping_leaves_the_accounting_unchanged(prep, tmp_path):
         assert getattr(layered.privacy, key) == getattr(flat_run.privacy, key), key
 
 
-def test_cli_clipping_flag_reaches_the_resolved_config(prep, tmp_path):
+def test_cli_clipping_flags_reach_the_resolved_config(prep, tmp_path, capsys):
     argv = ["train", "--data", str(prep), "--epsilon", "3", "--runs", str(tmp_path)]
-    argv += ["--run-id", "pl", "--no-progress", "--clipping", "per-layer"]
-    argv += ["--set", "train.epochs=1", "--set", "train.batch_size=8"]
-    assert main(argv) == 0
+    argv += ["--no-progress", "--set", "train.epochs=1", "--set", "train.batch_size=8"]
+    assert main([*argv, "--run-id", "pl", "--clipping", "per-layer", "--pipeline-stages", "2"]) == 0
+    assert "per-stage clipping: 2 stage(s)" in capsys.readouterr().err
     cfg = (tmp_path / "pl" / "config.yaml").read_text()
-    assert "clipping: per-layer" in cfg
+    assert "clipping: per-layer" in cfg and "pipeline_stages: 2" in cfg
+    # stages without per-layer clipping, or more stages than layers: refused before training
+    assert main([*argv, "--run-id", "bad", "--pipeline-stages", "2"]) == 2
+    assert "add --clipping per-layer" in capsys.readouterr().err
+    assert (
+        main([*argv, "--run-id", "bad2", "--clipping", "per-layer", "--pipeline-stages", "99"]) == 2
+    )
+    assert "too few for 99" in capsys.readouterr().err
+    assert not (tmp_path / "bad2").exists()  # refused before a run folder or ledger entry
