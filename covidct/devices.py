@@ -1,4 +1,9 @@
-"""Choose where training runs: a Graphcore IPU, GPUs, or the CPU — and say why.
+"""Choose where training runs: a Graphcore IPU, GPUs, the CPU, or several workers — and say why.
+
+One device: OneDeviceStrategy. Several local GPUs (or logical CPU devices): MirroredStrategy.
+Several workers (``--workers host:port,... --worker-index I`` or ``TF_CONFIG``):
+MultiWorkerMirroredStrategy. With several replicas, ``DPGradient`` all-reduces the clipped sums
+and draws the noise once (``covidct.distributed`` splits each step's sample across replicas).
 
 The IPU path is written against Graphcore's documented TensorFlow API (``tensorflow.python.ipu``:
 ``IPUConfig``, ``IPUStrategy``) and is selected only when Graphcore's TensorFlow is importable.
@@ -7,9 +12,10 @@ It has NOT been exercised here: no IPU hardware or Graphcore wheel is available 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +29,15 @@ class DeviceChoice:
     kind: str  # "ipu", "gpu" or "cpu"
     reason: str
     strategy: Any  # a tf.distribute strategy; its scope() holds the model and optimizer
+    num_replicas: int = 1  # replicas in the whole cluster (strategy.num_replicas_in_sync)
+    replica_ids: tuple[int, ...] = (0,)  # global ids of this process's replicas
+    worker_index: int = 0  # this process among the workers (0: the chief)
+    num_workers: int = 1
+
+    @property
+    def is_chief(self) -> bool:
+        """Worker 0 writes the run's files; the other workers only train."""
+        return self.worker_index == 0
 
     @property
     def jit_compile(self) -> bool:
@@ -31,8 +46,9 @@ class DeviceChoice:
 
     def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Call a tf.function on the device: through ``strategy.run`` on the IPU (Graphcore's
-        documented pattern), directly elsewhere (the strategy's scope places the variables)."""
-        if self.kind == "ipu":
+        documented pattern) and with several replicas (once per replica), directly elsewhere
+        (the strategy's scope places the variables)."""
+        if self.kind == "ipu" or self.num_replicas > 1:
             return self.strategy.run(fn, args=args)
         return fn(*args)
 
@@ -47,12 +63,50 @@ def _graphcore_available() -> bool:
         return False
 
 
-def choose_device(*, prefer: str = "auto") -> DeviceChoice:
+def split_cpu(n: int) -> None:
+    """Make the CPU n logical devices (for data-parallel tests on one machine).
+
+    Raises:
+        RuntimeError: TensorFlow has already initialised its devices in this process.
+    """
+    cpus = tf.config.list_physical_devices("CPU")
+    if len(tf.config.get_logical_device_configuration(cpus[0]) or [None]) == n:
+        return  # already split (listing logical devices here would initialise them)
+    tf.config.set_logical_device_configuration(
+        cpus[0], [tf.config.LogicalDeviceConfiguration() for _ in range(n)]
+    )
+
+
+def choose_device(
+    *,
+    prefer: str = "auto",
+    local_devices: int = 1,
+    workers: str | Sequence[str] | None = None,
+    worker_index: int | None = None,
+) -> DeviceChoice:
     """Pick the device: IPU if Graphcore's TensorFlow is present, else a GPU, else the CPU.
+
+    Call it before any other TensorFlow op of the process (MultiWorkerMirroredStrategy and
+    logical CPU devices must be set up first).
 
     Args:
         prefer: "auto", or force "cpu" / "gpu" / "ipu".
+        local_devices: replicas on this machine: 1 (default: one device), n > 1 (a
+            MirroredStrategy over n GPUs, or over n logical CPU devices), or 0 for every GPU.
+            Ignored with several workers (each uses all its GPUs, or its CPU).
+        workers: "host:port,host:port": train on these workers (MultiWorkerMirroredStrategy);
+            this process is ``worker_index``. Default: the cluster of ``TF_CONFIG``, if any.
+        worker_index: this process's index in ``workers``.
     """
+    from covidct.distributed import cluster_from_env, set_tf_config
+
+    if workers is not None:
+        if worker_index is None:
+            raise ValueError("--workers needs --worker-index")
+        set_tf_config(workers, worker_index)
+    cluster = cluster_from_env()
+    if cluster is not None and prefer != "ipu":
+        return _multi_worker(prefer, cluster.index, len(cluster.workers))
     if prefer in ("auto", "ipu") and _graphcore_available():
         from tensorflow.python import ipu  # Graphcore's TensorFlow only
 
@@ -64,15 +118,73 @@ def choose_device(*, prefer: str = "auto") -> DeviceChoice:
         )
     if prefer == "ipu":
         logger.warning("IPU requested but Graphcore's TensorFlow is not installed")
+    if local_devices < 0:
+        raise ValueError(f"local_devices must be >= 0, got {local_devices}")
     with quiet_stderr():  # the CUDA probe prints cuInit errors on machines without a GPU
         gpus = tf.config.list_physical_devices("GPU")
     if prefer in ("auto", "gpu") and gpus:
-        # One device per process: replicas would each need their own share of the noise-free
-        # sum and one noise draw overall; multi-replica DP training is a separate mode.
-        return DeviceChoice(
-            "gpu",
-            f"{len(gpus)} GPU(s) visible; training on /GPU:0",
-            tf.distribute.OneDeviceStrategy("/GPU:0"),
-        )
+        n = len(gpus) if local_devices == 0 else local_devices
+        if n > len(gpus):
+            raise ValueError(f"{n} GPUs requested, {len(gpus)} visible")
+        if n == 1:
+            return DeviceChoice(
+                "gpu",
+                f"{len(gpus)} GPU(s) visible; training on /GPU:0",
+                tf.distribute.OneDeviceStrategy("/GPU:0"),
+            )
+        return _mirrored("gpu", [f"/GPU:{i}" for i in range(n)], f"{len(gpus)} GPU(s) visible")
     reason = "no IPU or GPU found" if prefer == "auto" else f"{prefer} requested or unavailable"
+    if local_devices > 1:
+        try:
+            split_cpu(local_devices)
+        except RuntimeError as exc:
+            raise RuntimeError(
+                f"{local_devices} CPU replicas need logical CPU devices, set up before "
+                f"TensorFlow initialises ({exc}): call choose_device first"
+            ) from exc
+        return _mirrored("cpu", [f"/CPU:{i}" for i in range(local_devices)], reason)
     return DeviceChoice("cpu", reason, tf.distribute.OneDeviceStrategy("/CPU:0"))
+
+
+def _mirrored(kind: str, devices: list[str], reason: str) -> DeviceChoice:
+    strategy = tf.distribute.MirroredStrategy(devices)
+    n = int(strategy.num_replicas_in_sync)
+    return DeviceChoice(
+        kind,
+        f"{reason}; data-parallel on {n} replicas ({', '.join(devices)})",
+        strategy,
+        num_replicas=n,
+        replica_ids=tuple(range(n)),
+    )
+
+
+def _multi_worker(prefer: str, index: int, n_workers: int) -> DeviceChoice:
+    """MultiWorkerMirroredStrategy over the workers of TF_CONFIG (each: all its GPUs, or its
+    CPU)."""
+    with quiet_stderr():
+        gpus = tf.config.list_physical_devices("GPU") if prefer != "cpu" else []
+    if prefer == "cpu":
+        with contextlib.suppress(RuntimeError, ValueError):
+            tf.config.set_visible_devices([], "GPU")
+    comm = tf.distribute.experimental.CommunicationImplementation
+    options = tf.distribute.experimental.CommunicationOptions(
+        implementation=comm.NCCL if gpus else comm.RING
+    )
+    strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    n = int(strategy.num_replicas_in_sync)
+    ids = strategy.experimental_local_results(
+        strategy.experimental_distribute_values_from_function(
+            lambda ctx: ctx.replica_id_in_sync_group
+        )
+    )
+    kind = "gpu" if gpus else "cpu"
+    return DeviceChoice(
+        kind,
+        f"worker {index} of {n_workers}; data-parallel on {n} replicas "
+        f"({len(ids)} {kind.upper()} replica(s) here)",
+        strategy,
+        num_replicas=n,
+        replica_ids=tuple(int(i) for i in ids),
+        worker_index=index,
+        num_workers=n_workers,
+    )

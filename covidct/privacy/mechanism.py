@@ -22,7 +22,7 @@ Two execution modes compute the same sums:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from covidct.privacy.modes import ClippingMode, ExecutionMode
@@ -93,6 +93,15 @@ class DPGradient:
         for x, mask, y, present in chunks:   # fixed chunk shape; padded units have present=0
             dp.accumulate(x, mask, y, present)
         dp.apply(optimizer, step=step)       # noised once, divided by q*N, applied
+
+    Built under the scope of a strategy with R > 1 replicas (MirroredStrategy,
+    MultiWorkerMirroredStrategy), each replica clips and sums its own units
+    (``accumulate_replicas``: one chunk per replica of this worker, e.g. from
+    ``covidct.distributed.replica_chunks``); ``apply`` all-reduces the R sums by SUM with the
+    noise added on replica 0 only, so the update is (sum + ONE draw of N(0, sigma^2 C^2)) / (q N),
+    exactly as with one replica. Reading ``units_in_batch``, ``mean_unit_loss``,
+    ``clipped_sum`` or ``result`` sums over all replicas; under MultiWorkerMirroredStrategy
+    that is a collective, so every worker must read together (or none).
     """
 
     def __init__(
@@ -131,12 +140,24 @@ class DPGradient:
         self.mode = mode
         self.seed = int(seed)
         self.variables = list(model.trainable_variables)
+        # built under a strategy's scope (train.py does), the sums are per replica
+        self._strategy = tf.distribute.get_strategy()
+        self.num_replicas = int(self._strategy.num_replicas_in_sync)
+        sync: dict[str, object] = {}
+        if self.num_replicas > 1:
+            # each replica adds to its own copy; a cross-replica read gives the SUM over all
+            # replicas of all workers (under MultiWorkerMirroredStrategy a collective: every
+            # worker must read together)
+            sync = {
+                "synchronization": tf.VariableSynchronization.ON_READ,
+                "aggregation": tf.VariableAggregation.SUM,
+            }
         self._acc = [
-            tf.Variable(tf.zeros_like(v), trainable=False, name=f"dp_acc_{i}")
+            tf.Variable(tf.zeros_like(v), trainable=False, name=f"dp_acc_{i}", **sync)
             for i, v in enumerate(self.variables)
         ]
-        self._units = tf.Variable(0.0, trainable=False, dtype=tf.float32, name="dp_units")
-        self._loss = tf.Variable(0.0, trainable=False, dtype=tf.float32, name="dp_loss")
+        self._units = tf.Variable(0.0, trainable=False, dtype=tf.float32, name="dp_units", **sync)
+        self._loss = tf.Variable(0.0, trainable=False, dtype=tf.float32, name="dp_loss", **sync)
         groups = (
             layer_groups if layer_groups is not None else _default_groups(model, self.variables)
         )
@@ -169,7 +190,10 @@ class DPGradient:
                 self.vectorized_impl = "vectorized_map"
                 logger.info("per-unit gradients with tf.vectorized_map: %s", reason)
         self._jit = jit_compile
-        self._run: Callable[..., object] = runner or (lambda fn, *args: fn(*args))
+        # several replicas: every graph function runs once per replica (strategy.run)
+        self._run: Callable[..., object] = runner or (
+            self._strategy_run if self.num_replicas > 1 else _call
+        )
         self._accumulate_fn = tf.function(
             self._accumulate_graph, reduce_retracing=True, jit_compile=jit_compile
         )
@@ -282,6 +306,11 @@ class DPGradient:
             y: (U,) float32 unit labels.
             present: (U,) float32, 1 for a sampled unit, 0 for padding (keeps shapes static).
         """
+        if self.num_replicas > 1:
+            # strategy.run would hand this one chunk to EVERY replica: counted R times
+            raise RuntimeError(
+                f"{self.num_replicas} replicas: give each its own chunk with accumulate_replicas"
+            )
         self._clean = False
         self._run(
             self._accumulate_fn,
@@ -290,6 +319,29 @@ class DPGradient:
             tf.convert_to_tensor(y, tf.float32),
             tf.convert_to_tensor(present, tf.float32),
         )
+
+    def accumulate_replicas(self, chunks: Mapping[int, Sequence[object]]) -> None:
+        """Add one chunk per replica of THIS worker: ``{global replica id: (x, mask, y,
+        present)}`` (``covidct.distributed.replica_chunks``); all chunks have one shape.
+
+        Every replica of the cluster must take part in every call (the same number of calls on
+        every worker; pad with ``present = 0``). With one replica: ``accumulate(*chunks[0])``.
+        """
+        if self.num_replicas == 1:
+            (chunk,) = chunks.values()
+            self.accumulate(*chunk)  # type: ignore[arg-type]
+            return
+
+        def value(ctx: tf.distribute.experimental.ValueContext) -> tuple[tf.Tensor, ...]:
+            chunk = chunks[ctx.replica_id_in_sync_group]
+            return tuple(tf.convert_to_tensor(a, tf.float32) for a in chunk)
+
+        args = self._strategy.experimental_distribute_values_from_function(value)
+        self._clean = False
+        self._run(self._accumulate_fn, *args)
+
+    def _strategy_run(self, fn: Callable[..., object], *args: object) -> object:
+        return self._strategy.run(fn, args=args)
 
     @property
     def units_in_batch(self) -> float:
@@ -318,29 +370,64 @@ class DPGradient:
         if fn is None:
 
             def apply_graph(step: tf.Tensor) -> None:
-                grads = self._result_graph(step)
-                optimizer.apply_gradients(zip(grads, self.variables, strict=True))
+                if self.num_replicas > 1:  # in a replica (strategy.run)
+                    grads = self._replica_result_graph(step)
+                    # already summed over the replicas: the optimizer must not sum them again
+                    optimizer.apply_gradients(
+                        zip(grads, self.variables, strict=True),
+                        experimental_aggregate_gradients=False,
+                    )
+                else:
+                    grads = self._result_graph(step)
+                    optimizer.apply_gradients(zip(grads, self.variables, strict=True))
                 self._reset_graph()  # the next logical batch starts from zero
 
             fn = self._apply_fns[id(optimizer)] = tf.function(apply_graph, jit_compile=self._jit)
         self._run(fn, tf.constant(step, tf.int64))
         self._clean = True
 
+    def _noise(self, i: int, g: tf.Tensor, step: tf.Tensor) -> tf.Tensor:
+        """sigma * C * N(0, 1) for variable i at ``step``."""
+        s = self.settings
+        assert s.clip_norm is not None  # enforced by DPSettings
+        std = s.noise_multiplier * s.clip_norm
+        seed = tf.stack([tf.constant(self.seed, tf.int64), step * 100_003 + i])
+        # a pure function of (seed, step) for a given device and compiler (XLA draws other
+        # numbers from the same seed): a resumed run repeats its noise
+        return std * tf.random.stateless_normal(tf.shape(g), seed=seed, dtype=g.dtype)
+
     def _result_graph(self, step: tf.Tensor) -> list[tf.Tensor]:
+        """One replica, or a cross-replica read (the sums over all replicas)."""
         s = self.settings
         out = []
         for i, acc in enumerate(self._acc):
             g = tf.identity(acc)
             if s.noise_multiplier > 0:
-                assert s.clip_norm is not None  # enforced by DPSettings
-                std = s.noise_multiplier * s.clip_norm
-                seed = tf.stack([tf.constant(self.seed, tf.int64), step * 100_003 + i])
-                # a pure function of (seed, step) for a given device and compiler (XLA draws
-                # other numbers from the same seed): a resumed run repeats its noise
-                noise = tf.random.stateless_normal(tf.shape(g), seed=seed, dtype=g.dtype)
-                g = g + std * noise
+                g = g + self._noise(i, g, step)
             out.append(g / s.expected_batch_size)
         return out
+
+    def _replica_result_graph(self, step: tf.Tensor) -> list[tf.Tensor]:
+        """In each replica: all-reduce (local clipped sum + noise on replica 0 only) by SUM.
+
+        The result, identical on every replica, is (sum over all units + ONE draw of
+        N(0, sigma^2 C^2)) / (q N): the noise of one logical batch, never one per replica.
+        """
+        s = self.settings
+        ctx = tf.distribute.get_replica_context()
+        first = tf.cast(tf.equal(ctx.replica_id_in_sync_group, 0), tf.float32)
+        local = []
+        for i, acc in enumerate(self._acc):
+            g = tf.identity(acc)  # this replica's own sum
+            if s.noise_multiplier > 0:
+                g = g + first * self._noise(i, g, step)
+            local.append(g)
+        total = ctx.all_reduce(tf.distribute.ReduceOp.SUM, local)
+        return [g / s.expected_batch_size for g in total]
+
+
+def _call(fn: Callable[..., object], *args: object) -> object:
+    return fn(*args)
 
 
 def unit_losses(logits: tf.Tensor, mask: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
