@@ -89,6 +89,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="flat: one norm C per unit; per-layer: each layer to C_l, sum of C_l^2 = C^2",
     )
     t.add_argument(
+        "--devices",
+        type=int,
+        default=1,
+        metavar="N",
+        help="data-parallel replicas on this machine: N GPUs (0 = all) or N CPU devices",
+    )
+    t.add_argument(
+        "--workers",
+        metavar="HOST:PORT,...",
+        help="train on several machines (MultiWorkerMirroredStrategy; default: TF_CONFIG)",
+    )
+    t.add_argument(
+        "--worker-index", type=int, metavar="I", help="this machine's place in --workers"
+    )
+    t.add_argument(
         "--pipeline-stages",
         type=int,
         metavar="N",
@@ -221,8 +236,14 @@ def _cmd_train(args: argparse.Namespace, cfg: Config) -> int:
 
     from covidct.config import to_dict
     from covidct.data.units import PrivacyUnit
-    from covidct.train import resume, train
+    from covidct.train import Placement, resume, train
 
+    if (args.workers is None) != (args.worker_index is None):
+        print("error: --workers and --worker-index go together", file=sys.stderr)
+        return 2
+    placement = Placement(
+        local_devices=args.devices, workers=args.workers, worker_index=args.worker_index
+    )
     progress = not args.no_progress and sys.stderr.isatty()
     say = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
     if args.resume is not None:
@@ -248,7 +269,7 @@ def _cmd_train(args: argparse.Namespace, cfg: Config) -> int:
                 file=sys.stderr,
             )
             return 2
-        result = resume(args.resume, progress=progress, on_event=say)
+        result = resume(args.resume, progress=progress, on_event=say, placement=placement)
     else:
         if args.data is None:
             print("error: give --data PREP (or --resume RUN)", file=sys.stderr)
@@ -282,7 +303,11 @@ def _cmd_train(args: argparse.Namespace, cfg: Config) -> int:
             resolved_config=to_dict(cfg),
             progress=progress,
             on_event=say,
+            placement=placement,
         )
+    if not result.chief:
+        print(f"worker done ({result.seconds:.0f} s on {result.device}); worker 0 wrote the run")
+        return 0
     p = result.metrics["patient"]
     eps = result.privacy.epsilon
     print(

@@ -28,8 +28,8 @@ from covidct.data.units import (
     image_size,
     load_units,
     slice_settings,
-    unit_chunks,
 )
+from covidct.distributed import replica_chunks, store_loader
 from covidct.evaluate import Predictions, auc_or_nan, split_metrics
 from covidct.privacy import accounting, ledger
 from covidct.privacy.accounting import Sampling
@@ -108,11 +108,43 @@ def plan_privacy(*, n_units: int, config: TrainConfig, target_epsilon: float) ->
 @dataclass
 class RunResult:
     run_dir: Path
-    privacy: Any  # covidct.privacy.report.PrivacyReport
+    privacy: Any  # covidct.privacy.report.PrivacyReport (None on a worker other than 0)
     metrics: dict[str, Any]
     device: str
     execution: str
     seconds: float
+    chief: bool = True  # False: a worker that only trained (worker 0 wrote the run)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where training runs: one device (default), several local ones, or several workers.
+
+    Attributes:
+        local_devices: replicas on this machine (MirroredStrategy over that many GPUs, or
+            logical CPU devices); 0 = every GPU; ignored with several workers.
+        workers: "host:port,host:port" (MultiWorkerMirroredStrategy); None: TF_CONFIG if set.
+        worker_index: this process's index in ``workers`` (0 is the chief, which writes the run).
+    """
+
+    local_devices: int = 1
+    workers: str | None = None
+    worker_index: int | None = None
+
+    def choose(self, config: TrainConfig) -> Any:
+        """The DeviceChoice; call before any other TensorFlow op of the process."""
+        from covidct.config import ConfigError
+        from covidct.devices import choose_device
+
+        try:
+            return choose_device(
+                prefer=config.device,
+                local_devices=self.local_devices,
+                workers=self.workers,
+                worker_index=self.worker_index,
+            )
+        except ValueError as exc:
+            raise ConfigError(f"cannot place training: {exc}") from exc
 
 
 def resolve_execution(mode: ExecutionMode, device_kind: str) -> ExecutionMode:
@@ -150,6 +182,7 @@ def train(
     resolved_config: dict[str, Any] | None = None,
     progress: bool = False,
     on_event: Callable[[str], None] | None = None,
+    placement: Placement | None = None,
 ) -> RunResult:
     """Train a classifier with patient-level (or slice-level) DP and write ``runs/<run_id>/``.
 
@@ -162,6 +195,9 @@ def train(
         resolved_config: the whole resolved config, saved with the run.
         progress: show a progress bar.
         on_event: receives one-line messages for the user (device choice, plan).
+        placement: one device (default), several local devices, or several workers; with
+            several workers every worker runs this with the same arguments, and only worker 0
+            writes the run folder, checkpoints and the ledger.
     """
     from covidct.config import to_dict
 
@@ -172,41 +208,49 @@ def train(
     plan = plan_privacy(n_units=len(train_units), config=config, target_epsilon=target_epsilon)
     say(_describe_plan(plan, config))
 
-    from covidct.devices import choose_device  # TensorFlow from here on
-
-    device = choose_device(prefer=config.device)
+    device = (placement or Placement()).choose(config)  # TensorFlow from here on
     _stage_groups(config, prep)  # a bad stage count fails before the ledger counts the run
     rid = run_id or new_run_id(target_epsilon)
-    check_new_run(runs_dir, rid)  # before the ledger records it
-    spent = ledger.begin_run(prep, _ledger_entry(rid, runs_dir / rid, plan, config))
-    say(f"privacy ledger of {prep}: total spent with this run {_fmt_eps(spent)}")
-    run = create_run_dir(runs_dir, rid)
-    say(f"run folder {run} (if interrupted: covidct train --resume {run})")
-    if resolved_config is not None:
-        write_yaml(run, "config.yaml", resolved_config)
-    checkpoint.write_plan(
-        run,
-        {
-            "run_id": rid,
-            "prep": os.path.abspath(prep),
-            "target_epsilon": "inf" if math.isinf(target_epsilon) else target_epsilon,
-            "n_units": plan.n_units,
-            "train": to_dict(config),
-        },
-    )
+    run = runs_dir / rid
+    if not device.is_chief:
+        say(f"worker {device.worker_index}: training only; worker 0 writes the run and ledger")
+    else:
+        check_new_run(runs_dir, rid)  # before the ledger records it
+        spent = ledger.begin_run(prep, _ledger_entry(rid, runs_dir / rid, plan, config))
+        say(f"privacy ledger of {prep}: total spent with this run {_fmt_eps(spent)}")
+        run = create_run_dir(runs_dir, rid)
+        say(f"run folder {run} (if interrupted: covidct train --resume {run})")
+        if resolved_config is not None:
+            write_yaml(run, "config.yaml", resolved_config)
+        checkpoint.write_plan(
+            run,
+            {
+                "run_id": rid,
+                "prep": os.path.abspath(prep),
+                "target_epsilon": "inf" if math.isinf(target_epsilon) else target_epsilon,
+                "n_units": plan.n_units,
+                "train": to_dict(config),
+            },
+        )
     job = _Job(prep, config, plan, run, rid, train_units, val, test, say, progress, t0)
     return _fit(job, device, saved=None, counted=0, stop_at=plan.steps)
 
 
 def resume(
-    run: Path, *, progress: bool = False, on_event: Callable[[str], None] | None = None
+    run: Path,
+    *,
+    progress: bool = False,
+    on_event: Callable[[str], None] | None = None,
+    placement: Placement | None = None,
 ) -> RunResult:
     """Continue an interrupted run from its last checkpoint (``covidct train --resume RUN``).
 
     Every step started before the interruption stays counted (``checkpoints/progress.json``),
     so steps run again after the checkpoint are counted twice. When the repeated steps would take
     epsilon over the target, the run takes only the steps that still fit and says so; when none
-    fits, it refuses to train further and finishes with the checkpoint's weights.
+    fits, it refuses to train further and finishes with the checkpoint's weights. With several
+    workers, every worker resumes with the same RUN, which must be readable by all of them
+    (shared storage); only worker 0 writes.
 
     Raises:
         checkpoint.ResumeError: not a resumable run, already finished, or its data changed.
@@ -260,13 +304,11 @@ def resume(
             else f"refusing to train further: one more step would take epsilon over the target "
             f"{target_epsilon:g}; finishing the run with its last checkpoint's weights"
         )
-    eps_final = _epsilon_at(plan, config, counted + take)
-    spent = ledger.resume_run(prep, rid, steps=counted + take, epsilon=eps_final)
-    say(f"privacy ledger of {prep}: total spent with this run {_fmt_eps(spent)}")
-
-    from covidct.devices import choose_device  # TensorFlow from here on
-
-    device = choose_device(prefer=config.device)
+    device = (placement or Placement()).choose(config)  # TensorFlow from here on
+    if device.is_chief:
+        eps_final = _epsilon_at(plan, config, counted + take)
+        spent = ledger.resume_run(prep, rid, steps=counted + take, epsilon=eps_final)
+        say(f"privacy ledger of {prep}: total spent with this run {_fmt_eps(spent)}")
     job = _Job(prep, config, plan, run, rid, train_units, val, test, say, progress, t0)
     return _fit(job, device, saved=saved, counted=counted, stop_at=next_step + take)
 
@@ -398,6 +440,8 @@ def _fit(
     spe = plan.steps_per_epoch
 
     def save_checkpoint() -> None:
+        if not device.is_chief:
+            return
         checkpoint.save_state(
             run,
             weights=model.get_weights(),
@@ -436,21 +480,33 @@ def _fit(
     bar = _bar(plan.steps, job.progress, initial=first_step)
     loss_sum, loss_n = 0.0, 0
     step = first_step
+    chief = device.is_chief
+    # reading the sums is a collective across workers: the loss display is for one process only
+    show_loss = bar is not None and device.num_workers == 1
     while step < stop_at and not loop.done:
         # counted BEFORE the noisy update exists: a crash from here on leaves the step counted
         counted += 1
-        checkpoint.count_step(run, counted)
+        if chief:
+            checkpoint.count_step(run, counted)
+        chosen = sampler.sample(step)  # the same global sample on every worker
         dp.reset()
-        for chunk in unit_chunks(
+        load, shape = store_loader(
             job.train_units,
-            sampler.sample(step),
+            chosen,
             store,
             k=config.max_slices_per_unit,
-            chunk=config.chunk_units,
             rng=_slice_rng(config.seed, step),
+        )
+        for chunks in replica_chunks(
+            chosen,
+            load,
+            chunk=config.chunk_units,
+            num_replicas=device.num_replicas,
+            replica_ids=device.replica_ids,
+            shape=shape,
         ):
-            dp.accumulate(*chunk)
-        if bar is not None and dp.units_in_batch:  # read before apply clears the sums
+            dp.accumulate_replicas(chunks)
+        if show_loss and dp.units_in_batch:  # read before apply clears the sums
             loss_sum += dp.mean_unit_loss
             loss_n += 1
         dp.apply(optimizer, step=step)
@@ -476,6 +532,10 @@ def _fit(
     save_checkpoint()  # a crash while finishing resumes straight to finishing
     if config.restore_best:
         model.set_weights(best_weights)
+    if not chief:
+        say(f"worker {device.worker_index} done: worker 0 writes the run")
+        seconds = time.perf_counter() - job.t0
+        return RunResult(run, None, {}, device.describe(), execution.value, seconds, chief=False)
     return _finish(job, model, store, device, execution.value, loop, counted)
 
 
@@ -533,6 +593,9 @@ def _finish(
             "steps": counted,
             "steps_repeated": steps_repeated,
             "attempts": loop.attempts,
+            # data-parallel replicas (all workers); the noise is drawn once per logical batch
+            "replicas": device.num_replicas,
+            "workers": device.num_workers,
         },
     )
     return RunResult(run, report, metrics, device.describe(), execution, seconds)
