@@ -52,6 +52,20 @@ class DeviceChoice:
             return self.strategy.run(fn, args=args)
         return fn(*args)
 
+    def all_agree(self, ok: bool) -> bool:
+        """True when every worker passes ``ok=True`` (a collective: every worker must call it).
+
+        Lets worker 0 stop the others when it refuses a run (budget, existing folder) instead of
+        leaving them waiting in the first all-reduce. One worker: returns ``ok``.
+        """
+        if self.num_workers == 1:
+            return ok
+        flags = self.strategy.experimental_distribute_values_from_function(
+            lambda ctx: tf.constant(1.0 if ok else 0.0)
+        )
+        total = self.strategy.reduce(tf.distribute.ReduceOp.SUM, flags, axis=None)
+        return bool(float(total) >= self.num_replicas)
+
     def describe(self) -> str:
         return f"{self.kind.upper()}: {self.reason}"
 

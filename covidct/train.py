@@ -36,6 +36,7 @@ from covidct.privacy.accounting import Sampling
 from covidct.privacy.modes import ExecutionMode, PerLayerSplit
 from covidct.runs import check_new_run, create_run_dir, new_run_id, write_json, write_yaml
 from covidct.train_config import OptimizerName, TrainConfig
+from data_prep.errors import CovidCTError
 
 logger = logging.getLogger(__name__)
 
@@ -212,11 +213,18 @@ def train(
     _stage_groups(config, prep)  # a bad stage count fails before the ledger counts the run
     rid = run_id or new_run_id(target_epsilon)
     run = runs_dir / rid
+    refusal: CovidCTError | None = None
     if not device.is_chief:
         say(f"worker {device.worker_index}: training only; worker 0 writes the run and ledger")
     else:
-        check_new_run(runs_dir, rid)  # before the ledger records it
-        spent = ledger.begin_run(prep, _ledger_entry(rid, runs_dir / rid, plan, config))
+        try:
+            check_new_run(runs_dir, rid)  # before the ledger records it
+            spent = ledger.begin_run(prep, _ledger_entry(rid, runs_dir / rid, plan, config))
+        except CovidCTError as exc:
+            refusal = exc
+    if not device.all_agree(refusal is None):  # the other workers stop with worker 0
+        raise refusal or CovidCTError("worker 0 refused to start this run (see its message)")
+    if device.is_chief:
         say(f"privacy ledger of {prep}: total spent with this run {_fmt_eps(spent)}")
         run = create_run_dir(runs_dir, rid)
         say(f"run folder {run} (if interrupted: covidct train --resume {run})")
@@ -305,10 +313,16 @@ def resume(
             f"{target_epsilon:g}; finishing the run with its last checkpoint's weights"
         )
     device = (placement or Placement()).choose(config)  # TensorFlow from here on
+    refusal: CovidCTError | None = None
     if device.is_chief:
         eps_final = _epsilon_at(plan, config, counted + take)
-        spent = ledger.resume_run(prep, rid, steps=counted + take, epsilon=eps_final)
-        say(f"privacy ledger of {prep}: total spent with this run {_fmt_eps(spent)}")
+        try:
+            spent = ledger.resume_run(prep, rid, steps=counted + take, epsilon=eps_final)
+            say(f"privacy ledger of {prep}: total spent with this run {_fmt_eps(spent)}")
+        except CovidCTError as exc:
+            refusal = exc
+    if not device.all_agree(refusal is None):  # the other workers stop with worker 0
+        raise refusal or CovidCTError("worker 0 refused to resume this run (see its message)")
     job = _Job(prep, config, plan, run, rid, train_units, val, test, say, progress, t0)
     return _fit(job, device, saved=saved, counted=counted, stop_at=next_step + take)
 

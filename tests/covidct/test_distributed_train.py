@@ -110,3 +110,32 @@ def test_only_worker_zero_writes_the_run_and_the_ledger(runs, prep):
     assert json.loads((runs["base"] / "w0/mw/run.json").read_text())["workers"] == 2
     mine = [e for e in read_ledger(prep).entries if e.run_id == "mw"]
     assert len(mine) == 1 and mine[0].status == "finished"
+
+
+def test_when_worker_zero_refuses_the_run_every_worker_stops(runs, prep):
+    # the run folder exists already: worker 0 refuses, and worker 1 must not hang waiting
+    workers = ",".join(f"127.0.0.1:{p}" for p in _free_ports(2))
+    procs = [
+        _start(
+            _cmd(
+                prep,
+                runs["base"] / f"w{i}",
+                "--run-id",
+                "mw",
+                "--workers",
+                workers,
+                "--worker-index",
+                str(i),
+            )
+        )
+        for i in range(2)
+    ]
+    try:
+        outs = [p.communicate(timeout=TIMEOUT)[0].decode(errors="replace") for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [2, 2], outs
+    assert "exists and is not empty" in outs[0]
+    assert "worker 0 refused" in outs[1]
