@@ -429,6 +429,7 @@ def _fit(
             mode=execution,
             seed=config.seed,
             layer_groups=groups,
+            unit_loss=config.unit_loss,
             jit_compile=device.jit_compile,
             runner=device.run,
         )

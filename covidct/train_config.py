@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from covidct.data.units import PrivacyUnit
 from covidct.evaluate import PatientScore
 from covidct.privacy.accounting import Accountant, Sampling
-from covidct.privacy.modes import ClippingMode, ExecutionMode, PerLayerSplit
+from covidct.privacy.modes import ClippingMode, ExecutionMode, PerLayerSplit, UnitLoss
 
 
 class OptimizerName(enum.Enum):
@@ -44,6 +44,9 @@ class TrainConfig:
         execution: nanobatch, vectorized, or auto.
         chunk_units: units per graph call (memory is bounded by this, not the batch size).
         patient_score: how slice probabilities become a patient probability.
+        unit_loss: how a unit's slices make its training loss: "mean" slice cross-entropy, or
+            "lse" (cross-entropy of the log-mean-exp of the slice logits, a smooth max: a
+            positive patient is explained by its lesion slices).
         early_stopping_patience: epochs without validation improvement before stopping (0=off).
         restore_best: keep the weights of the epoch with the best validation patient AUC
             (else the last epoch's).
@@ -72,6 +75,7 @@ class TrainConfig:
     execution: ExecutionMode = ExecutionMode.AUTO
     chunk_units: int = 16
     patient_score: PatientScore = PatientScore.MEAN
+    unit_loss: UnitLoss = UnitLoss.MEAN
     early_stopping_patience: int = 0
     restore_best: bool = True
     initial_weights: str = ""

@@ -21,15 +21,24 @@ Two execution modes compute the same sums:
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from covidct.privacy.modes import ClippingMode, ExecutionMode
+from covidct.privacy.modes import ClippingMode, ExecutionMode, UnitLoss
 from covidct.privacy.per_unit import LayerwisePerUnit, leaf_layers, unsupported_reason
 from covidct.tfsetup import keras, tf
 
-__all__ = ["ClippingMode", "DPGradient", "DPSettings", "ExecutionMode", "group_clip_norms"]
+__all__ = [
+    "ClippingMode",
+    "DPGradient",
+    "DPSettings",
+    "ExecutionMode",
+    "UnitLoss",
+    "group_clip_norms",
+    "unit_losses",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +124,7 @@ class DPGradient:
         vectorized_impl: str | None = None,
         jit_compile: bool = False,
         runner: Callable[..., object] | None = None,
+        unit_loss: UnitLoss = UnitLoss.MEAN,
     ) -> None:
         """Build the graph functions.
 
@@ -132,6 +142,7 @@ class DPGradient:
             jit_compile: compile the graph functions with XLA (required on the IPU).
             runner: ``runner(fn, *args)`` calls a graph function on the device (the IPU's
                 ``strategy.run``); default: a plain call.
+            unit_loss: how a unit's slice logits make its loss (``unit_losses``).
         """
         if mode is ExecutionMode.AUTO:
             raise ValueError("resolve ExecutionMode.AUTO before building DPGradient")
@@ -139,6 +150,7 @@ class DPGradient:
         self.settings = settings
         self.mode = mode
         self.seed = int(seed)
+        self.unit_loss = unit_loss
         self.variables = list(model.trainable_variables)
         # built under a strategy's scope (train.py does), the sums are per replica
         self._strategy = tf.distribute.get_strategy()
@@ -184,7 +196,9 @@ class DPGradient:
             if vectorized_impl == "vectorized_map":
                 reason = "vectorized_map requested"
             if reason is None:
-                self._layerwise = LayerwisePerUnit(model, self.variables, unit_losses)
+                self._layerwise = LayerwisePerUnit(
+                    model, self.variables, functools.partial(unit_losses, kind=unit_loss)
+                )
                 self.vectorized_impl = "layerwise"
             else:
                 self.vectorized_impl = "vectorized_map"
@@ -207,7 +221,7 @@ class DPGradient:
     def _unit_loss(self, x: tf.Tensor, mask: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         """One unit's loss. x (k,H,W,1), mask (k,), y scalar."""
         logits = self.model(x, training=True)[:, 0]
-        return unit_losses(logits[None], mask[None], y[None])[0]
+        return unit_losses(logits[None], mask[None], y[None], self.unit_loss)[0]
 
     def _unit_grads(
         self, x: tf.Tensor, mask: tf.Tensor, y: tf.Tensor
@@ -430,18 +444,34 @@ def _call(fn: Callable[..., object], *args: object) -> object:
     return fn(*args)
 
 
-def unit_losses(logits: tf.Tensor, mask: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
-    """Each unit's loss: the mean binary cross-entropy over its valid slices.
+def unit_losses(
+    logits: tf.Tensor, mask: tf.Tensor, y: tf.Tensor, kind: UnitLoss = UnitLoss.MEAN
+) -> tf.Tensor:
+    """Each unit's loss from its slices' logits.
+
+    ``mean``: the mean binary cross-entropy over the unit's valid slices, each slice labelled
+    with the unit's label. ``lse``: the cross-entropy of ONE unit logit, the log-mean-exp of its
+    valid slice logits, a smooth maximum (multiple-instance learning: a positive patient is
+    explained by its lesion slices without pushing its clear slices up; a negative one pushes
+    all down). Either way the loss depends on the unit's own slices only, so per-unit
+    clipping stays exact.
 
     Args:
         logits: (U, k) slice logits; mask: (U, k), 1 for a real slice; y: (U,) unit labels.
+        kind: mean or lse.
 
     Returns:
         (U,) losses; a unit without valid slices has loss 0 (and so a zero gradient).
     """
+    n_valid = tf.reduce_sum(mask, axis=1)
+    if kind is UnitLoss.LSE:
+        masked = tf.where(mask > 0, logits, tf.fill(tf.shape(logits), -1e9))
+        unit_logit = tf.reduce_logsumexp(masked, axis=1) - tf.math.log(tf.maximum(n_valid, 1.0))
+        per_unit = tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=unit_logit)
+        return tf.where(n_valid > 0, per_unit, tf.zeros_like(per_unit))
     labels = tf.broadcast_to(y[:, None], tf.shape(logits))
     per_slice = tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits)
-    return tf.reduce_sum(per_slice * mask, axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
+    return tf.reduce_sum(per_slice * mask, axis=1) / tf.maximum(n_valid, 1.0)
 
 
 def _default_groups(model: keras.Model, variables: list[tf.Variable]) -> list[list[int]]:

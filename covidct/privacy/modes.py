@@ -21,3 +21,10 @@ class PerLayerSplit(enum.Enum):
 
     EQUAL = "equal"
     PROPORTIONAL = "proportional"  # C_l^2 proportional to the layer's parameter count
+
+
+class UnitLoss(enum.Enum):
+    """How a unit's slices make its loss (the patient label is known, not each slice's)."""
+
+    MEAN = "mean"  # the mean slice cross-entropy: every slice of a positive patient pushed up
+    LSE = "lse"  # cross-entropy of the log-mean-exp of the slice logits (a smooth max)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
 from covidct.models import build_model
 from covidct.privacy.mechanism import DPGradient, DPSettings, ExecutionMode, unit_losses
+from covidct.privacy.modes import UnitLoss
 from covidct.privacy.per_unit import LayerwisePerUnit, unsupported_reason
 from covidct.tfsetup import keras, tf
 
@@ -21,13 +24,15 @@ def _units(size: int, n_units: int = 4, k: int = 3, seed: int = 0):
     return x, mask, y
 
 
-def _reference(model: keras.Model, x, mask, y) -> list[list[np.ndarray]]:
+def _reference(
+    model: keras.Model, x, mask, y, kind: UnitLoss = UnitLoss.MEAN
+) -> list[list[np.ndarray]]:
     """Each unit's gradient, one unit at a time."""
     out = []
     for u in range(len(y)):
         with tf.GradientTape() as tape:
             logits = model(x[u], training=True)[:, 0]
-            loss = unit_losses(logits[None], mask[u][None], y[u][None])[0]
+            loss = unit_losses(logits[None], mask[u][None], y[u][None], kind)[0]
         grads = tape.gradient(loss, model.trainable_variables)
         out.append(
             [
@@ -64,13 +69,15 @@ def _strided_model() -> keras.Model:
     ],
     ids=["gn_cnn_small", "gn_resnet18", "strided_valid_dilated"],
 )
-def test_layerwise_gradients_equal_each_units_own_gradient(make, size):
+@pytest.mark.parametrize("kind", list(UnitLoss), ids=lambda k: k.value)
+def test_layerwise_gradients_equal_each_units_own_gradient(make, size, kind):
     model = make()
     assert unsupported_reason(model) is None
     x, mask, y = _units(size)
-    layerwise = LayerwisePerUnit(model, list(model.trainable_variables), unit_losses)
+    losses_fn = functools.partial(unit_losses, kind=kind)
+    layerwise = LayerwisePerUnit(model, list(model.trainable_variables), losses_fn)
     grads, losses = layerwise.grads(tf.constant(x), tf.constant(mask), tf.constant(y))
-    want = _reference(model, x, mask, y)
+    want = _reference(model, x, mask, y, kind)
     for u in range(len(y)):
         for v, (got, ref) in enumerate(zip(grads, want[u], strict=True)):
             scale = max(float(np.abs(ref).max()), 1e-3)
@@ -79,6 +86,22 @@ def test_layerwise_gradients_equal_each_units_own_gradient(make, size):
             )
     assert float(losses[2]) == 0.0
     assert all(float(np.abs(g[2]).max()) == 0.0 for g in grads)  # no slices, no gradient
+
+
+def test_lse_unit_loss_is_the_cross_entropy_of_the_log_mean_exp_of_valid_slices():
+    logits = np.array([[2.0, -1.0, 0.5], [0.3, 9.0, 9.0], [1.0, 1.0, 1.0]], np.float32)
+    mask = np.array([[1, 1, 1], [1, 0, 0], [0, 0, 0]], np.float32)
+    y = np.array([1.0, 0.0, 1.0], np.float32)
+    got = unit_losses(tf.constant(logits), tf.constant(mask), tf.constant(y), UnitLoss.LSE)
+
+    def bce(z: float, t: float) -> float:
+        return float(np.log1p(np.exp(-z)) if t else np.log1p(np.exp(z)))
+
+    z0 = float(np.log(np.mean(np.exp(logits[0]))))
+    np.testing.assert_allclose(got.numpy(), [bce(z0, 1), bce(0.3, 0), 0.0], rtol=1e-5)
+    # a single strong slice dominates the unit logit (a smooth max), unlike the mean loss
+    mean = unit_losses(tf.constant(logits), tf.constant(mask), tf.constant(y), UnitLoss.MEAN)
+    assert float(got[0]) < float(mean[0])
 
 
 def test_unsupported_layers_are_named_and_fall_back_to_vectorized_map():
