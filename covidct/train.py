@@ -206,6 +206,11 @@ def train(
     t0 = time.perf_counter()
     train_units, val, test = _load_splits(prep, config)
     _check_clipping(config)
+    if config.initial_weights and not Path(config.initial_weights).is_file():
+        raise DataError(
+            f"initial weights {config.initial_weights} not found: give the path of a weights "
+            "file of the same model and image size (train.initial_weights)"
+        )
     plan = plan_privacy(n_units=len(train_units), config=config, target_epsilon=target_epsilon)
     say(_describe_plan(plan, config))
 
@@ -609,6 +614,11 @@ def _finish(
             "steps_repeated": steps_repeated,
             "attempts": loop.attempts,
             # data-parallel replicas (all workers); the noise is drawn once per logical batch
+            "initial_weights": (
+                {"file": config.initial_weights, "sha256": _sha256(Path(config.initial_weights))}
+                if config.initial_weights
+                else None
+            ),
             "replicas": device.num_replicas,
             "workers": device.num_workers,
         },
@@ -675,7 +685,22 @@ def _privacy_report(
             else "not applicable: trained without differential privacy"
         ),
     )
+    if config.initial_weights:
+        digest = _sha256(Path(config.initial_weights))
+        note = (
+            f"Training started from the weights in {Path(config.initial_weights).name} "
+            f"(SHA-256 {digest[:16]}...). The guarantee covers what this run learned from its "
+            "training patients; it says nothing about the data those weights were made from, "
+            "which must itself be public (or covered by its own guarantee)."
+        )
+        report = replace(report, notes=[*report.notes, note])
     return report
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def predict(model: Any, units: Units, store: SliceStore, *, batch: int = 256) -> Predictions:

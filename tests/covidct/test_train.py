@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from covidct.cli import main
-from covidct.data.units import PoissonSampler
+from covidct.data.units import DataError, PoissonSampler
 from covidct.privacy.accounting import PrivacyRequestError
 from covidct.train import plan_privacy, train
 from covidct.train_config import OptimizerName, TrainConfig
@@ -260,3 +260,26 @@ def test_cli_clipping_flags_reach_the_resolved_config(prep, tmp_path, capsys):
     )
     assert "too few for 99" in capsys.readouterr().err
     assert not (tmp_path / "bad2").exists()  # refused before a run folder or ledger entry
+
+
+def test_initial_weights_are_loaded_and_named_in_the_report(dp_run, prep, tmp_path):
+    import hashlib
+
+    from covidct.tfsetup import keras
+
+    start = keras.models.load_model(dp_run.run_dir / "model.keras", compile=False)
+    weights = tmp_path / "public.weights.h5"
+    start.save_weights(str(weights))
+    cfg = replace(TINY, epochs=1, learning_rate=0.0, initial_weights=str(weights))
+    result = train(prep, config=cfg, target_epsilon=3.0, runs_dir=tmp_path, run_id="init")
+    end = keras.models.load_model(result.run_dir / "model.keras", compile=False)
+    for a, b in zip(end.get_weights(), start.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)  # learning rate 0: the run kept the loaded weights
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    meta = json.loads((result.run_dir / "run.json").read_text())
+    assert meta["initial_weights"]["sha256"] == digest
+    assert any(digest[:16] in note for note in result.privacy.notes)
+    bad = replace(cfg, initial_weights=str(tmp_path / "missing.h5"))
+    with pytest.raises(DataError, match="not found"):
+        train(prep, config=bad, target_epsilon=3.0, runs_dir=tmp_path, run_id="bad")
+    assert not (tmp_path / "bad").exists()  # refused before a run folder or ledger entry
