@@ -266,10 +266,29 @@ class DPGradient:
             w = f * present
             acc.assign_add(tf.tensordot(w, g, axes=1))
 
+    def _add_unclipped(
+        self, x: tf.Tensor, mask: tf.Tensor, y: tf.Tensor, present: tf.Tensor
+    ) -> None:
+        shape = tf.shape(x)
+        with tf.GradientTape() as tape:
+            flat = tf.reshape(x, tf.concat([[-1], shape[2:]], 0))
+            logits = tf.reshape(self.model(flat, training=True)[:, 0], shape[:2])
+            losses = unit_losses(logits, mask, y, self.unit_loss)
+            total = tf.reduce_sum(losses * present)
+        grads = tape.gradient(total, self.variables)
+        for acc, g in zip(self._acc, grads, strict=True):
+            if g is not None:
+                acc.assign_add(g)
+        self._loss.assign_add(total)
+
     def _accumulate_graph(
         self, x: tf.Tensor, mask: tf.Tensor, y: tf.Tensor, present: tf.Tensor
     ) -> None:
-        if self._layerwise is not None:
+        if self.settings.clip_norm is None:
+            # no clipping (the non-private baseline): the sum of the units' gradients is the
+            # gradient of the sum of their losses, one ordinary backward pass
+            self._add_unclipped(x, mask, y, present)
+        elif self._layerwise is not None:
             grads, losses = self._layerwise.grads(x, mask, y)
             self._add_clipped(grads, present)
             self._loss.assign_add(tf.reduce_sum(losses * present))
