@@ -15,7 +15,7 @@ def test_default_yaml_matches_the_built_in_defaults():
 
 def test_demo_config_loads():
     cfg = load_config(CONFIGS / "demo.yaml")
-    assert cfg.prepare.slices.image_size == 64
+    assert cfg.prepare.slices.image_size == 96
 
 
 def test_set_overrides_nested_values_with_yaml_types():
