@@ -346,6 +346,7 @@ def _bracket(
     return lo, hi
 
 
+@functools.lru_cache(maxsize=256)  # a pure function; sweeps and resumes ask the same question
 def calibrate_noise(
     *,
     target_epsilon: float,

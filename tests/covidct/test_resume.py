@@ -174,7 +174,7 @@ def test_sigkill_mid_epoch_then_resume_gives_a_complete_honest_run(prep, tmp_pat
     runs = tmp_path / "runs"
     run = runs / "killed"
     sets = {
-        "epochs": 6,
+        "epochs": 4,
         "batch_size": 8,
         "max_slices_per_unit": 2,
         "chunk_units": 8,
@@ -186,7 +186,7 @@ def test_sigkill_mid_epoch_then_resume_gives_a_complete_honest_run(prep, tmp_pat
     for key, value in sets.items():
         cmd += ["--set", f"train.{key}={value}"]
     plan = plan_privacy(
-        n_units=_n_units(prep), config=replace(CFG, epochs=6, seed=4), target_epsilon=3.0
+        n_units=_n_units(prep), config=replace(CFG, epochs=4, seed=4), target_epsilon=3.0
     )
     spe = plan.steps_per_epoch
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
