@@ -27,7 +27,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from covidct.privacy.modes import ClippingMode, ExecutionMode, UnitLoss
-from covidct.privacy.per_unit import LayerwisePerUnit, leaf_layers, unsupported_reason
+from covidct.privacy.per_unit import LayerwisePerUnit, unsupported_reason
+from covidct.privacy.per_unit import layer_groups as per_layer_groups
 from covidct.tfsetup import keras, tf
 
 __all__ = [
@@ -171,7 +172,7 @@ class DPGradient:
         self._units = tf.Variable(0.0, trainable=False, dtype=tf.float32, name="dp_units", **sync)
         self._loss = tf.Variable(0.0, trainable=False, dtype=tf.float32, name="dp_loss", **sync)
         groups = (
-            layer_groups if layer_groups is not None else _default_groups(model, self.variables)
+            layer_groups if layer_groups is not None else per_layer_groups(model, self.variables)
         )
         self._group_of_var = [0] * len(self.variables)
         for g, members in enumerate(groups):
@@ -491,20 +492,3 @@ def unit_losses(
     labels = tf.broadcast_to(y[:, None], tf.shape(logits))
     per_slice = tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits)
     return tf.reduce_sum(per_slice * mask, axis=1) / tf.maximum(n_valid, 1.0)
-
-
-def _default_groups(model: keras.Model, variables: list[tf.Variable]) -> list[list[int]]:
-    """One parameter group per layer that owns trainable variables (in variable order)."""
-    index = {id(v): i for i, v in enumerate(variables)}
-    groups: list[list[int]] = []
-    seen: set[int] = set()
-    for layer in leaf_layers(model):
-        members = [index[id(v)] for v in layer.trainable_variables if id(v) in index]
-        members = [m for m in members if m not in seen]
-        if members:
-            groups.append(members)
-            seen.update(members)
-    rest = [i for i in range(len(variables)) if i not in seen]
-    if rest:
-        groups.append(rest)
-    return groups

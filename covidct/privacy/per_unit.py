@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from covidct.tfsetup import keras, tf
 
-__all__ = ["LayerwisePerUnit", "leaf_layers", "unsupported_reason"]
+__all__ = ["LayerwisePerUnit", "layer_groups", "leaf_layers", "unsupported_reason"]
 
 UnitLosses = Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]
 
@@ -42,6 +42,24 @@ def leaf_layers(model: keras.layers.Layer) -> list[keras.layers.Layer]:
     for layer in inner:
         out.extend(leaf_layers(layer))
     return out
+
+
+def layer_groups(model: keras.Model, variables: list[tf.Variable]) -> list[list[int]]:
+    """Indices into ``variables`` of each layer that owns some, in order (one group per layer;
+    variables no leaf layer owns form a last group)."""
+    index = {id(v): i for i, v in enumerate(variables)}
+    groups: list[list[int]] = []
+    seen: set[int] = set()
+    for layer in leaf_layers(model):
+        members = [index[id(v)] for v in layer.trainable_variables if id(v) in index]
+        members = [m for m in members if m not in seen]
+        if members:
+            groups.append(members)
+            seen.update(members)
+    rest = [i for i in range(len(variables)) if i not in seen]
+    if rest:
+        groups.append(rest)
+    return groups
 
 
 def _layer_problem(layer: keras.layers.Layer) -> str | None:

@@ -12,7 +12,7 @@ Here a stage is a run of consecutive layers; ``stage_groups`` returns each stage
 
 from __future__ import annotations
 
-from covidct.privacy.per_unit import leaf_layers
+from covidct.privacy.per_unit import layer_groups
 from covidct.tfsetup import keras
 
 
@@ -38,15 +38,7 @@ def stage_groups(model: keras.Model, n_stages: int) -> list[list[int]]:
         StageError: fewer layers with parameters than stages, or n_stages < 1.
     """
     variables = list(model.trainable_variables)
-    index = {id(v): i for i, v in enumerate(variables)}
-    layers: list[list[int]] = []
-    seen: set[int] = set()
-    for layer in leaf_layers(model):
-        members = [index[id(v)] for v in layer.trainable_variables if id(v) in index]
-        members = [m for m in members if m not in seen]
-        if members:
-            layers.append(members)
-            seen.update(members)
+    layers = layer_groups(model, variables)
     if n_stages < 1:
         raise StageError(f"pipeline stages must be >= 1, got {n_stages}")
     if n_stages > len(layers):
@@ -64,6 +56,4 @@ def stage_groups(model: keras.Model, n_stages: int) -> list[list[int]]:
         stage = min(max(share, prev, n_stages - (n_layers - j)), prev + 1, n_stages - 1)
         stages[stage].extend(members)
         done, prev = done + size, stage
-    rest = [i for i in range(len(variables)) if i not in seen]
-    stages[-1].extend(rest)
     return stages

@@ -46,6 +46,23 @@ def _start(cmd: list[str]) -> subprocess.Popen[bytes]:
     )
 
 
+def _start_workers(prep: Path, base: Path) -> list[subprocess.Popen[bytes]]:
+    """Two ``covidct train`` workers on free 127.0.0.1 ports, run id "mw", under base/w<i>."""
+    workers = ",".join(f"127.0.0.1:{p}" for p in _free_ports(2))
+    return [
+        _start(
+            [
+                *_cmd(prep, base / f"w{i}", "--run-id", "mw"),
+                "--workers",
+                workers,
+                "--worker-index",
+                str(i),
+            ]
+        )
+        for i in range(2)
+    ]
+
+
 def _weights(run: Path) -> list[np.ndarray]:
     from covidct.tfsetup import keras
 
@@ -56,23 +73,7 @@ def _weights(run: Path) -> list[np.ndarray]:
 def runs(prep: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """Two workers run concurrently; the one-process run meanwhile."""
     base = tmp_path_factory.mktemp("dist_train")
-    ports = _free_ports(2)
-    workers = ",".join(f"127.0.0.1:{p}" for p in ports)
-    procs = {
-        f"worker{i}": _start(
-            _cmd(
-                prep,
-                base / f"w{i}",
-                "--run-id",
-                "mw",
-                "--workers",
-                workers,
-                "--worker-index",
-                str(i),
-            )
-        )
-        for i in range(2)
-    }
+    procs = dict(zip(["worker0", "worker1"], _start_workers(prep, base), strict=True))
     single = train(prep, config=CFG, target_epsilon=3.0, runs_dir=base / "one", run_id="one")
     logs = {}
     try:
@@ -113,22 +114,7 @@ def test_only_worker_zero_writes_the_run_and_the_ledger(runs, prep):
 
 def test_when_worker_zero_refuses_the_run_every_worker_stops(runs, prep):
     # the run folder exists already: worker 0 refuses, and worker 1 must not hang waiting
-    workers = ",".join(f"127.0.0.1:{p}" for p in _free_ports(2))
-    procs = [
-        _start(
-            _cmd(
-                prep,
-                runs["base"] / f"w{i}",
-                "--run-id",
-                "mw",
-                "--workers",
-                workers,
-                "--worker-index",
-                str(i),
-            )
-        )
-        for i in range(2)
-    ]
+    procs = _start_workers(prep, runs["base"])
     try:
         outs = [p.communicate(timeout=TIMEOUT)[0].decode(errors="replace") for p in procs]
     finally:
