@@ -579,6 +579,7 @@ def _finish(
     _save_model(model, run)
 
     steps_repeated = counted - loop.next_step
+    start_sha = _sha256(Path(config.initial_weights)) if config.initial_weights else None
     report = _privacy_report(
         plan,
         config,
@@ -586,6 +587,7 @@ def _finish(
         counted,
         [h["epsilon"] for h in loop.history],
         steps_repeated=steps_repeated,
+        initial_weights_sha256=start_sha,
     )
     say("auditing: membership inference on training vs held-out patients")
     audit = _audit(model, job.train_units, store, [val_pred, test_pred], report)
@@ -613,12 +615,10 @@ def _finish(
             "steps": counted,
             "steps_repeated": steps_repeated,
             "attempts": loop.attempts,
-            # data-parallel replicas (all workers); the noise is drawn once per logical batch
             "initial_weights": (
-                {"file": config.initial_weights, "sha256": _sha256(Path(config.initial_weights))}
-                if config.initial_weights
-                else None
+                {"file": config.initial_weights, "sha256": start_sha} if start_sha else None
             ),
+            # data-parallel replicas (all workers); the noise is drawn once per logical batch
             "replicas": device.num_replicas,
             "workers": device.num_workers,
         },
@@ -634,6 +634,7 @@ def _privacy_report(
     eps_per_epoch: list[float],
     *,
     steps_repeated: int = 0,
+    initial_weights_sha256: str | None = None,
 ) -> Any:
     """The epsilon report for the steps actually taken (an early stop spends less)."""
     from covidct.privacy.report import build_report
@@ -685,13 +686,12 @@ def _privacy_report(
             else "not applicable: trained without differential privacy"
         ),
     )
-    if config.initial_weights:
-        digest = _sha256(Path(config.initial_weights))
+    if initial_weights_sha256:
         note = (
             f"Training started from the weights in {Path(config.initial_weights).name} "
-            f"(SHA-256 {digest[:16]}...). The guarantee covers what this run learned from its "
-            "training patients; it says nothing about the data those weights were made from, "
-            "which must itself be public (or covered by its own guarantee)."
+            f"(SHA-256 {initial_weights_sha256[:16]}...). The guarantee covers what this run "
+            "learned from its training patients; it says nothing about the data those weights "
+            "were made from, which must itself be public (or covered by its own guarantee)."
         )
         report = replace(report, notes=[*report.notes, note])
     return report
