@@ -210,12 +210,13 @@ def read_upload(
 
 
 def _hu_scan(vol: Volume, what: str, settings: SliceSettings, skipped: list[str]) -> UploadedScan:
-    slices, (start, stop) = hu_volume_slices(vol, settings)
+    made = hu_volume_slices(vol, settings)
+    start, stop = made.start, made.stop
     rows, cols = vol.array.shape[1:]
     return UploadedScan(
         kind="hu",
-        slices=slices,
-        display=_display(vol.array[start:stop], settings),
+        slices=made.slices,
+        display=_display(made.crop(vol.array[start:stop]), settings),
         description=(
             f"{what}: {vol.n_slices} slices of {rows}x{cols}; slices {start + 1}-{stop} "
             f"contain lung and are analysed"
@@ -257,7 +258,9 @@ def _image_scan(
     if not model_slices:
         raise UploadError(f"none of the {len(images)} images could be read ({skipped[0]})")
     shapes = {d.shape for d in display}
-    if len(shapes) > 1:  # the viewer needs one size: show them at the model's size
+    # The viewer needs one size, and Grad-CAM maps onto what the model saw: show the model's
+    # slices when sizes differ or when each image was cropped to its own lung box.
+    if len(shapes) > 1 or settings.crop != "none":
         display = [s.copy() for s in model_slices]
     flags.insert(0, "8-bit slice images: intensities are display values, not HU")
     return UploadedScan(
