@@ -97,6 +97,7 @@ def choose_device(
     local_devices: int = 1,
     workers: str | Sequence[str] | None = None,
     worker_index: int | None = None,
+    ipus: int = 1,
 ) -> DeviceChoice:
     """Pick the device: IPU if Graphcore's TensorFlow is present, else a GPU, else the CPU.
 
@@ -111,6 +112,8 @@ def choose_device(
         workers: "host:port,host:port": train on these workers (MultiWorkerMirroredStrategy);
             this process is ``worker_index``. Default: the cluster of ``TF_CONFIG``, if any.
         worker_index: this process's index in ``workers``.
+        ipus: IPUs to select on an IPU system: one per pipeline stage when the model is
+            pipelined (``covidct.ipu_pipeline``), else 1.
     """
     from covidct.distributed import cluster_from_env, set_tf_config
 
@@ -124,11 +127,15 @@ def choose_device(
     if prefer in ("auto", "ipu") and _graphcore_available():
         from tensorflow.python import ipu  # Graphcore's TensorFlow only
 
+        if ipus < 1:
+            raise ValueError(f"ipus must be >= 1, got {ipus}")
         cfg = ipu.config.IPUConfig()
-        cfg.auto_select_ipus = 1
+        cfg.auto_select_ipus = ipus
         cfg.configure_ipu_system()
         return DeviceChoice(
-            "ipu", "Graphcore TensorFlow found; 1 IPU selected", ipu.ipu_strategy.IPUStrategy()
+            "ipu",
+            f"Graphcore TensorFlow found; {ipus} IPU{'s' if ipus > 1 else ''} selected",
+            ipu.ipu_strategy.IPUStrategy(),
         )
     if prefer == "ipu":
         logger.warning("IPU requested but Graphcore's TensorFlow is not installed")

@@ -37,7 +37,11 @@ __all__ = [
     "DPSettings",
     "ExecutionMode",
     "UnitLoss",
+    "clip_by_groups",
+    "clip_factors",
+    "gaussian_noise",
     "group_clip_norms",
+    "noisy_mean",
     "unit_losses",
 ]
 
@@ -89,6 +93,71 @@ def group_clip_norms(sizes: Sequence[int], *, clip_norm: float, proportional: bo
     weights = [float(s) if proportional else 1.0 for s in sizes]
     total = sum(weights)
     return [clip_norm * (w / total) ** 0.5 for w in weights]
+
+
+def clip_factors(sq_norms: Sequence[tf.Tensor], *, bounds: Sequence[float]) -> list[tf.Tensor]:
+    """min(1, C_g / ||g_g||) for each group g: the factor that brings the group within C_g.
+
+    The one clip formula of the project: flat clipping is the case of one group with C_1 = C.
+
+    Args:
+        sq_norms: each group's squared L2 norm (a scalar, or one value per unit).
+        bounds: each group's bound C_g.
+    """
+    return [
+        tf.minimum(1.0, c / (tf.sqrt(s) + _NORM_EPS)) for c, s in zip(bounds, sq_norms, strict=True)
+    ]
+
+
+def clip_by_groups(
+    grads: Sequence[tf.Tensor], group_of_var: Sequence[int], *, bounds: Sequence[float]
+) -> list[tf.Tensor]:
+    """One unit's gradient with each parameter group clipped to its own bound C_g.
+
+    Each group's norm and factor depend on that group's gradients only, so a pipeline stage
+    can clip its own group without seeing the rest (``covidct.ipu_pipeline``).
+
+    Args:
+        grads: one unit's gradient, one tensor per variable (no unit axis).
+        group_of_var: the group of each variable.
+        bounds: C_g per group, with sum_g C_g^2 = C^2 (``group_clip_norms``).
+    """
+    sq: list[tf.Tensor | None] = [None] * len(bounds)
+    for g, k in zip(grads, group_of_var, strict=True):
+        part = tf.reduce_sum(tf.square(g))
+        sq[k] = part if sq[k] is None else sq[k] + part
+    factors = clip_factors([tf.constant(0.0) if s is None else s for s in sq], bounds=bounds)
+    return [g * factors[k] for g, k in zip(grads, group_of_var, strict=True)]
+
+
+def gaussian_noise(
+    index: int, like: tf.Tensor, *, std: float, seed: int, step: tf.Tensor
+) -> tf.Tensor:
+    """std * N(0, 1) shaped like ``like``, for variable ``index`` at ``step``.
+
+    A pure function of (seed, step, index) for a given device and compiler (XLA draws other
+    numbers from the same seed): a resumed run repeats its noise.
+    """
+    key = tf.stack([tf.constant(seed, tf.int64), tf.cast(step, tf.int64) * 100_003 + index])
+    return std * tf.random.stateless_normal(tf.shape(like), seed=key, dtype=like.dtype)
+
+
+def noisy_mean(
+    sums: Sequence[tf.Tensor], *, settings: DPSettings, seed: int, step: tf.Tensor
+) -> list[tf.Tensor]:
+    """(clipped sum + ONE draw of N(0, sigma^2 C^2)) / (q N) for one logical batch.
+
+    Divides by the EXPECTED batch size q*N, never the realised one (Abadi et al. 2016, Alg. 1).
+    """
+    out = []
+    for i, total in enumerate(sums):
+        g = tf.identity(total)
+        if settings.noise_multiplier > 0:
+            assert settings.clip_norm is not None  # enforced by DPSettings
+            std = settings.noise_multiplier * settings.clip_norm
+            g = g + gaussian_noise(i, g, std=std, seed=seed, step=step)
+        out.append(g / settings.expected_batch_size)
+    return out
 
 
 LossFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
@@ -246,16 +315,12 @@ class DPGradient:
             return tf.reduce_sum(tf.square(g), axis=axes)
 
         if self.settings.clipping is ClippingMode.FLAT:
-            norm = tf.sqrt(tf.add_n([sq(g) for g in grads]))
-            f = tf.minimum(1.0, c / (norm + _NORM_EPS))
+            (f,) = clip_factors([tf.add_n([sq(g) for g in grads])], bounds=[c])
             return [f] * len(grads)
         group_sq = [tf.zeros_like(sq(grads[0])) for _ in range(self._n_groups)]
         for i, g in enumerate(grads):
             group_sq[self._group_of_var[i]] += sq(g)
-        factors = [
-            tf.minimum(1.0, cg / (tf.sqrt(s) + _NORM_EPS))
-            for cg, s in zip(self.group_norms, group_sq, strict=True)
-        ]
+        factors = clip_factors(group_sq, bounds=self.group_norms)
         return [factors[self._group_of_var[i]] for i in range(len(grads))]
 
     # ---- one chunk of units ----------------------------------------------------------------
@@ -424,22 +489,11 @@ class DPGradient:
         """sigma * C * N(0, 1) for variable i at ``step``."""
         s = self.settings
         assert s.clip_norm is not None  # enforced by DPSettings
-        std = s.noise_multiplier * s.clip_norm
-        seed = tf.stack([tf.constant(self.seed, tf.int64), step * 100_003 + i])
-        # a pure function of (seed, step) for a given device and compiler (XLA draws other
-        # numbers from the same seed): a resumed run repeats its noise
-        return std * tf.random.stateless_normal(tf.shape(g), seed=seed, dtype=g.dtype)
+        return gaussian_noise(i, g, std=s.noise_multiplier * s.clip_norm, seed=self.seed, step=step)
 
     def _result_graph(self, step: tf.Tensor) -> list[tf.Tensor]:
         """One replica, or a cross-replica read (the sums over all replicas)."""
-        s = self.settings
-        out = []
-        for i, acc in enumerate(self._acc):
-            g = tf.identity(acc)
-            if s.noise_multiplier > 0:
-                g = g + self._noise(i, g, step)
-            out.append(g / s.expected_batch_size)
-        return out
+        return noisy_mean(self._acc, settings=self.settings, seed=self.seed, step=step)
 
     def _replica_result_graph(self, step: tf.Tensor) -> list[tf.Tensor]:
         """In each replica: all-reduce (local clipped sum + noise on replica 0 only) by SUM.
