@@ -27,6 +27,7 @@ from covidct.data.units import SliceStore, Units
 __all__ = [
     "Chunk",
     "ClusterSpec",
+    "augment_shift",
     "cluster_from_env",
     "partition",
     "replica_chunks",
@@ -167,8 +168,19 @@ def replica_chunks(
         yield out
 
 
+def augment_shift(size: int) -> int:
+    """The largest shift (pixels) of training augmentation for ``size``-pixel slices."""
+    return max(1, round(size / 24))
+
+
 def store_loader(
-    units: Units, chosen: np.ndarray, store: SliceStore, *, k: int, rng: np.random.Generator
+    units: Units,
+    chosen: np.ndarray,
+    store: SliceStore,
+    *,
+    k: int,
+    rng: np.random.Generator,
+    augment: bool = False,
 ) -> tuple[Callable[[int], UnitArrays], tuple[int, ...]]:
     """A ``load`` for ``replica_chunks`` over a prepared dataset, and the unit shape.
 
@@ -176,20 +188,37 @@ def store_loader(
     sample in its order, exactly as ``covidct.data.units.unit_chunks`` draws them: the choice
     does not depend on how many replicas share the batch, and one replica gets the same
     slices (and chunks) as ``unit_chunks``.
+
+    ``augment``: each slice is flipped left-right with probability 1/2 and shifted (cyclically)
+    by up to ``augment_shift(size)`` pixels each way, drawn here too (after the unit's slice
+    choice). It changes only what a unit's own gradient is computed on: the unit is still
+    clipped as one, so the privacy guarantee is unchanged.
     """
+    size = store.array(units.slices[0][0][0]).shape[-1] if len(units) else 0
+    shift = augment_shift(size)
     refs_of: dict[int, list[tuple[str, int]]] = {}
+    moves_of: dict[int, list[tuple[bool, int, int]]] = {}
     for u in chosen:
         refs = units.slices[int(u)]
         if len(refs) > k:
             refs = [refs[i] for i in np.sort(rng.choice(len(refs), size=k, replace=False))]
         refs_of[int(u)] = refs
-    size = store.array(units.slices[0][0][0]).shape[-1] if len(units) else 0
+        if augment:
+            flips = rng.random(len(refs)) < 0.5
+            shifts = rng.integers(-shift, shift + 1, size=(len(refs), 2))
+            moves_of[int(u)] = [
+                (bool(f), int(dy), int(dx)) for f, (dy, dx) in zip(flips, shifts, strict=True)
+            ]
 
     def load(u: int) -> UnitArrays:
         x = np.zeros((k, size, size, 1), np.float32)
         mask = np.zeros(k, np.float32)
         for s, (file, index) in enumerate(refs_of[u]):
-            x[s, :, :, 0] = store.get(file, index)
+            img = store.get(file, index)
+            if augment:
+                flip, dy, dx = moves_of[u][s]
+                img = np.roll(img[:, ::-1] if flip else img, (dy, dx), axis=(0, 1))
+            x[s, :, :, 0] = img
             mask[s] = 1.0
         x /= 255.0
         return x, mask, float(units.labels[u])

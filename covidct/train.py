@@ -132,7 +132,7 @@ class Placement:
     workers: str | None = None
     worker_index: int | None = None
 
-    def choose(self, config: TrainConfig) -> Any:
+    def choose(self, config: TrainConfig, *, private: bool = True) -> Any:
         """The DeviceChoice; call before any other TensorFlow op of the process."""
         from covidct.config import ConfigError
         from covidct.devices import choose_device
@@ -143,6 +143,7 @@ class Placement:
                 local_devices=self.local_devices,
                 workers=self.workers,
                 worker_index=self.worker_index,
+                ipus=_pipeline_ipus(config) if private else 1,
             )
         except ValueError as exc:
             raise ConfigError(f"cannot place training: {exc}") from exc
@@ -214,7 +215,7 @@ def train(
     plan = plan_privacy(n_units=len(train_units), config=config, target_epsilon=target_epsilon)
     say(_describe_plan(plan, config))
 
-    device = (placement or Placement()).choose(config)  # TensorFlow from here on
+    device = (placement or Placement()).choose(config, private=plan.dp)  # TensorFlow from here
     _stage_groups(config, prep)  # a bad stage count fails before the ledger counts the run
     rid = run_id or new_run_id(target_epsilon)
     run = runs_dir / rid
@@ -317,7 +318,7 @@ def resume(
             else f"refusing to train further: one more step would take epsilon over the target "
             f"{target_epsilon:g}; finishing the run with its last checkpoint's weights"
         )
-    device = (placement or Placement()).choose(config)  # TensorFlow from here on
+    device = (placement or Placement()).choose(config, private=plan.dp)  # TensorFlow from here
     refusal: CovidCTError | None = None
     if device.is_chief:
         eps_final = _epsilon_at(plan, config, counted + take)
@@ -343,6 +344,16 @@ def _check_clipping(config: TrainConfig) -> None:
             "train.pipeline_stages clips each stage on its own, which is per-layer clipping: "
             "add --clipping per-layer (or set train.pipeline_stages: 0)"
         )
+
+
+def _pipeline_ipus(config: TrainConfig) -> int:
+    """IPUs to select for a private run: one per pipeline stage with per-stage clipping
+    (``covidct.ipu_pipeline`` maps stage s to IPU s), else 1. Non-private runs take one."""
+    from covidct.privacy.modes import ClippingMode
+
+    if config.clipping is ClippingMode.PER_LAYER and config.pipeline_stages > 1:
+        return config.pipeline_stages
+    return 1
 
 
 def _stage_groups(config: TrainConfig, prep: Path, model: Any = None) -> list[list[int]] | None:
@@ -411,33 +422,45 @@ def _fit(
         optimizer = _optimizer(config, keras)
         optimizer.build(model.trainable_variables)  # its slots exist, so a checkpoint holds them
         groups = _stage_groups(config, job.prep, model)
-        if groups is not None:
-            say(
-                f"per-stage clipping: {len(groups)} stage(s) of consecutive layers, each "
-                "clipped on its own"
-                + (
-                    "; the model runs on one IPU (mapping stages onto several IPUs with "
-                    "Graphcore's pipelining is not built)"
-                    if device.kind == "ipu" and len(groups) > 1
-                    else ""
-                )
-            )
-        dp = DPGradient(
-            model,
-            settings=DPSettings(
-                clip_norm=plan.clip_norm,
-                noise_multiplier=plan.noise_multiplier,
-                expected_batch_size=plan.expected_batch_size,
-                clipping=config.clipping,
-                proportional_split=config.per_layer_split is PerLayerSplit.PROPORTIONAL,
-            ),
-            mode=execution,
-            seed=config.seed,
-            layer_groups=groups,
-            unit_loss=config.unit_loss,
-            jit_compile=device.jit_compile,
-            runner=device.run,
+        settings = DPSettings(
+            clip_norm=plan.clip_norm,
+            noise_multiplier=plan.noise_multiplier,
+            expected_batch_size=plan.expected_batch_size,
+            clipping=config.clipping,
+            proportional_split=config.per_layer_split is PerLayerSplit.PROPORTIONAL,
         )
+        dp: Any
+        if groups is not None and device.kind == "ipu" and len(groups) > 1 and plan.dp:
+            from covidct.ipu_pipeline import PipelinedDPGradient
+
+            say(
+                f"per-stage clipping: {len(groups)} stages pipelined over {len(groups)} IPUs "
+                "(stage s on IPU s), each clipped on its own"
+            )
+            dp = PipelinedDPGradient(
+                model,
+                settings=settings,
+                seed=config.seed,
+                groups=groups,
+                unit_loss=config.unit_loss,
+                runner=device.run,
+            )
+        else:
+            if groups is not None:
+                say(
+                    f"per-stage clipping: {len(groups)} stage(s) of consecutive layers, each "
+                    "clipped on its own"
+                )
+            dp = DPGradient(
+                model,
+                settings=settings,
+                mode=execution,
+                seed=config.seed,
+                layer_groups=groups,
+                unit_loss=config.unit_loss,
+                jit_compile=device.jit_compile,
+                runner=device.run,
+            )
     loop = checkpoint.LoopState()
     best_weights = model.get_weights()
     if saved is not None:
@@ -516,6 +539,7 @@ def _fit(
             store,
             k=config.max_slices_per_unit,
             rng=_slice_rng(config.seed, step),
+            augment=config.augment,
         )
         for chunks in replica_chunks(
             chosen,

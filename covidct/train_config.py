@@ -47,6 +47,8 @@ class TrainConfig:
         unit_loss: how a unit's slices make its training loss: "mean" slice cross-entropy, or
             "lse" (cross-entropy of the log-mean-exp of the slice logits, a smooth max: a
             positive patient is explained by its lesion slices).
+        augment: flip each training slice left-right at random and shift it by up to size/24
+            pixels (per unit, drawn from (seed, step)); the unit is still clipped as one.
         early_stopping_patience: epochs without validation improvement before stopping (0=off).
         restore_best: keep the weights of the epoch with the best validation patient AUC
             (else the last epoch's).
@@ -76,6 +78,7 @@ class TrainConfig:
     chunk_units: int = 16
     patient_score: PatientScore = PatientScore.MEAN
     unit_loss: UnitLoss = UnitLoss.MEAN
+    augment: bool = False
     early_stopping_patience: int = 0
     restore_best: bool = True
     initial_weights: str = ""

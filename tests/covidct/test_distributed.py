@@ -15,6 +15,7 @@ import pytest
 
 from covidct.data.units import SliceStore, Units, unit_chunks
 from covidct.distributed import (
+    augment_shift,
     cluster_from_env,
     partition,
     replica_chunks,
@@ -221,8 +222,10 @@ def test_slice_choice_does_not_depend_on_the_number_of_replicas(tmp_path):
     units, store = _store(tmp_path)
     chosen = np.array([0, 1, 2, 3])
 
-    def by_label_and_image(n_rep):
-        load, shape = store_loader(units, chosen, store, k=2, rng=np.random.default_rng(7))
+    def by_label_and_image(n_rep, augment=False):
+        load, shape = store_loader(
+            units, chosen, store, k=2, rng=np.random.default_rng(7), augment=augment
+        )
         rows = []
         for per in replica_chunks(
             chosen, load, chunk=1, num_replicas=n_rep, replica_ids=range(n_rep), shape=shape
@@ -233,6 +236,46 @@ def test_slice_choice_does_not_depend_on_the_number_of_replicas(tmp_path):
         return sorted(rows)
 
     assert by_label_and_image(1) == by_label_and_image(3)
+    assert by_label_and_image(1, augment=True) == by_label_and_image(3, augment=True)
+
+
+def test_augmentation_flips_and_shifts_each_slice_within_bounds(tmp_path):
+    units, store = _store(tmp_path)
+    chosen = np.array([0, 1, 2, 3])
+    plain, shape = store_loader(units, chosen, store, k=2, rng=np.random.default_rng(7))
+    size = shape[1]
+    m = augment_shift(size)
+    moved = 0
+    for seed in range(5):
+        aug, _ = store_loader(
+            units, chosen, store, k=2, rng=np.random.default_rng(seed), augment=True
+        )
+        again, _ = store_loader(
+            units, chosen, store, k=2, rng=np.random.default_rng(seed), augment=True
+        )
+        for u in chosen:
+            x, mask, y = aug(int(u))
+            np.testing.assert_array_equal(x, again(int(u))[0])  # a function of the rng
+            assert y == plain(int(u))[2]
+            for s in range(int(mask.sum())):
+                img = x[s, :, :, 0]
+                # some slice of this unit, flipped or not, rolled by at most m pixels
+                sources = [
+                    store.get(f, i).astype(np.float32) / 255.0 for f, i in units.slices[int(u)]
+                ]
+                hits = [
+                    (flip, dy, dx)
+                    for src in sources
+                    for flip in (False, True)
+                    for dy in range(-m, m + 1)
+                    for dx in range(-m, m + 1)
+                    if np.array_equal(
+                        img, np.roll(src[:, ::-1] if flip else src, (dy, dx), axis=(0, 1))
+                    )
+                ]
+                assert hits, f"unit {u} slice {s} is not a flip/shift of its own slices"
+                moved += (False, 0, 0) not in hits
+    assert moved > 0
 
 
 # ---- the cluster description ----------------------------------------------------------------
