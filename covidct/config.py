@@ -85,7 +85,10 @@ def from_dict(cls: type[Any], data: dict[str, Any], where: str = "") -> Any:
             f"valid here: {', '.join(sorted(names))}"
         )
     kwargs = {k: _convert(v, hints[k], f"{where}{k}") for k, v in data.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:  # a dataclass's own check of a value (e.g. slices.crop)
+        raise ConfigError(f"{where.rstrip('.') or 'config'}: {exc}") from exc
 
 
 def to_dict(obj: Any) -> Any:

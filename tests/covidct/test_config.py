@@ -39,3 +39,10 @@ def test_wrong_type_is_an_error():
 def test_enum_values_are_checked():
     with pytest.raises(ConfigError, match="not one of"):
         load_config(None, ["synth.formats=dicomish"])
+
+
+def test_a_settings_own_check_is_a_config_error_naming_it():
+    with pytest.raises(ConfigError, match=r"prepare\.slices: slices\.crop must be one of"):
+        load_config(None, ["prepare.slices.crop=body"])
+    cfg = load_config(None, ["prepare.slices.crop=lungs", "prepare.slices.mask_outside_lungs=true"])
+    assert cfg.prepare.slices.crop == "lungs" and cfg.prepare.slices.mask_outside_lungs

@@ -144,6 +144,20 @@ def test_changed_slice_settings_are_refused(cohort, prepared, tmp_path):
         prepare([cohort], copy, config=cfg)
 
 
+def test_a_folder_from_before_the_lung_views_is_still_reused(cohort, prepared, tmp_path):
+    copy = tmp_path / "prep"
+    shutil.copytree(prepared, copy)
+    meta = json.loads((copy / "dataset.json").read_text())
+    for key in ("crop", "mask_outside_lungs"):  # what older versions wrote
+        del meta["slices"][key]
+    (copy / "dataset.json").write_text(json.dumps(meta))
+    result = prepare([cohort], copy, config=CONFIG, labels=[cohort / "labels.csv"])
+    assert result.n_volumes > 0
+    masked = PrepConfig(slices=SliceSettings(image_size=32, mask_outside_lungs=True), workers=1)
+    with pytest.raises(PrepFolderError, match="new --out folder"):
+        prepare([cohort], copy, config=masked)
+
+
 def test_localizer_series_are_skipped_with_a_reason(prepared):
     report = json.loads((prepared / "prep_report.json").read_text())
     assert any("localizer" in s["reason"] for s in report["skipped"])
