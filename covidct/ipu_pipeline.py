@@ -292,11 +292,17 @@ class StageClippingOptimizer(tf.compat.v1.train.Optimizer):  # type: ignore[misc
         self.step = step
         self.apply_fn = apply_fn
 
-    def clip_unit(self, grads: Sequence[tf.Tensor]) -> list[tf.Tensor]:
-        """One unit's gradient with stage s clipped to C_s, each stage on its own."""
+    def clip_unit(
+        self, grads: Sequence[tf.Tensor], stages: Sequence[int] | None = None
+    ) -> list[tf.Tensor]:
+        """One unit's gradient with stage s clipped to C_s, each stage on its own.
+
+        ``stages``: the stage of each gradient (default: ``stage_of_var``, the order of the
+        model's trainable variables)."""
+        stages = list(self.stage_of_var if stages is None else stages)
         out: list[tf.Tensor | None] = [None] * len(grads)
         for s, bound in enumerate(self.bounds):
-            members = [i for i, k in enumerate(self.stage_of_var) if k == s]
+            members = [i for i, k in enumerate(stages) if k == s]
             if not members:
                 continue
             with tf.compat.v1.colocate_with(grads[members[0]]):  # stage s's own IPU
@@ -316,7 +322,10 @@ class StageClippingOptimizer(tf.compat.v1.train.Optimizer):  # type: ignore[misc
         grads = [
             tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables, strict=True)
         ]
-        return list(zip(self.clip_unit(grads), variables, strict=True))
+        # the pipeline may list the variables in another order: look each one's stage up
+        stage_of = {id(v): k for v, k in zip(self.dp_variables, self.stage_of_var, strict=True)}
+        stages = [stage_of[id(v)] for v in variables]
+        return list(zip(self.clip_unit(grads, stages), variables, strict=True))
 
     def apply_gradients(
         self,

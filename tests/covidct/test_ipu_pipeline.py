@@ -253,7 +253,7 @@ def test_stages_run_in_sequence_compute_the_models_unit_loss(name, n):
     np.testing.assert_allclose(float(loss), float(expected), rtol=1e-5)
 
 
-def _pipeline_clipped_grads(model, plan, settings, unit):
+def _pipeline_clipped_grads(model, plan, settings, unit, *, reverse=False):
     stages = stage_functions(split_model(model, plan.stage_of_layer), unit_loss=UnitLoss.MEAN)
     variables = list(model.trainable_variables)
 
@@ -272,7 +272,12 @@ def _pipeline_clipped_grads(model, plan, settings, unit):
             step=step,
             apply_fn=lambda pairs: None,
         )
-        return [g for g, _ in opt.compute_gradients(loss)]
+        if not reverse:
+            return [g for g, _ in opt.compute_gradients(loss)]
+        # the pipeline may hand the variables over in another order
+        pairs = opt.compute_gradients(loss, var_list=variables[::-1])
+        by_var = {id(v): g for g, v in pairs}
+        return [g for g, _ in opt.compute_gradients(loss)] + [by_var[id(v)] for v in variables]
 
     return [g.numpy() for g in grads(*unit)]
 
@@ -307,6 +312,19 @@ def test_pipeline_clip_equals_the_mechanisms_per_stage_clip():
     dp.accumulate(x, mask, y, present)
     for a, b in zip(ours, dp.clipped_sum(), strict=True):
         np.testing.assert_allclose(a, b.numpy(), rtol=1e-5, atol=1e-9)
+
+
+def test_pipeline_clip_does_not_depend_on_the_order_of_the_variables():
+    model = _model()
+    plan = plan_pipeline(model, stage_groups(model, 3), clip_norm=0.05, proportional=False)
+    x, mask, y, present = _units(1)
+    both = _pipeline_clipped_grads(
+        model, plan, _settings(), (x[0], mask[0], y[0], present[0]), reverse=True
+    )
+    n = len(model.trainable_variables)
+    assert any(np.any(a) for a in both[:n])
+    for a, b in zip(both[:n], both[n:], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-12)
 
 
 def test_padding_unit_weight_zero_adds_nothing():
