@@ -145,48 +145,28 @@ def _disc(r: int) -> np.ndarray:
     return yy**2 + xx**2 <= r**2
 
 
-# Lung components smaller than this many pixels keep their own outline (no hull).
-_MIN_HULL_PIXELS = 20
-
-
-def _convex_fill(component: np.ndarray) -> np.ndarray:
-    """The filled convex hull of one component's pixels (bool mask)."""
-    from PIL import ImageDraw
-    from scipy.spatial import ConvexHull, QhullError
-
-    pts = np.argwhere(component)
-    try:
-        hull = ConvexHull(pts)
-    except QhullError:  # collinear pixels: nothing to fill
-        return component
-    img = Image.new("1", (component.shape[1], component.shape[0]), 0)
-    ImageDraw.Draw(img).polygon([(float(x), float(y)) for y, x in pts[hull.vertices]], fill=1)
-    return np.asarray(img, dtype=bool) | component
-
-
 def lung_field(image: np.ndarray, threshold: float) -> np.ndarray:
-    """Each lung with everything it encloses or that bites into it (bool mask, same shape).
+    """The lungs with what lies inside them (bool mask, same shape).
 
-    Lung = a region below ``threshold`` that does not touch the border. Ground glass and
-    consolidation are denser than the threshold and, being peripheral, bite into a lung's outline
-    from the chest wall rather than sit inside it; the chest-wall side of a lung is convex, so
-    each lung is replaced by its convex hull, holes are filled, and the field is widened by
-    size/48 pixels for partial-volume edges. On twelve positive phantoms at 96 px this keeps
-    94% of lesion pixels and 99.6% of lung pixels and blanks about 80% of the pixels denser than
-    100 HU (the rest: the rim next to the lungs and, inside the left lung's hull, part of the
-    heart). A tighter field (closing with a disc of size/21, no hull) keeps only 63% of lesion
-    pixels and, in benchmarks/learnability.py, learned no faster (validation patient AUC 0.70
-    against 0.71 after 100 non-private steps on the demo cohort).
+    Lung = regions below ``threshold`` that do not touch the border, closed with a disc of radius
+    size/21 and holes filled: ground glass, nodules and vessels inside a lung and narrow bites
+    into its outline stay in; body wall, bone, heart, mediastinum and table go. Dense findings
+    against the chest wall (consolidation above the threshold) go with the chest wall and show
+    as a bite in the lung's outline: on positive phantoms at 96 px the field keeps 89% of lesion
+    pixels with mild disease, 65% with severe disease, and 92-96% of lung pixels.
+
+    Chosen by measurement (benchmarks/learnability.py, demo cohort, 200 non-private steps,
+    validation patient AUC over seeds 0/1): this field 0.87/0.83; each lung's convex hull
+    widened by size/48 px, which keeps 94% of lesion pixels but also much of the heart,
+    0.79/0.71; no mask 0.49 after 150 steps.
     """
-    low = enclosed_low(image, threshold)
-    labels, n = ndimage.label(low)
-    field = low.copy()
-    for i in range(1, n + 1):
-        component = labels == i
-        if component.sum() >= _MIN_HULL_PIXELS:
-            field |= _convex_fill(component)
-    field = ndimage.binary_fill_holes(field)
-    return ndimage.binary_dilation(field, structure=_disc(max(1, image.shape[-1] // 48)))
+    close = max(1, image.shape[-1] // 21)
+    # padded so that the closing's erosion does not eat lungs near the image edge
+    field = np.pad(enclosed_low(image, threshold), close + 1)
+    field = ndimage.binary_closing(field, structure=_disc(close))[
+        close + 1 : -close - 1, close + 1 : -close - 1
+    ]
+    return ndimage.binary_fill_holes(field)
 
 
 def mask_outside_lungs(image: np.ndarray, *, threshold: float, fill: int) -> np.ndarray:

@@ -66,11 +66,9 @@ class SliceSettings:
     # with masking: validation AUC 0.75 against 0.84 after 150 steps, one seed each).
     # Prepared folders from before this setting existed were made with "none".
     crop: str = "none"
-    # True: everything outside the lung field (body wall, bone, most of the heart, table)
-    # becomes air, so a model sees lung parenchyma and what lies in or against it
-    # (slicing.lung_field). In benchmarks/learnability.py masking is what made the demo cohort
-    # learnable: validation patient AUC after 100 non-private steps 0.71 with this field, 0.70
-    # and 0.81 (two runs) with a tighter one, 0.43 unmasked; one seed each, 90 patients.
+    # True: everything outside the lung field (body wall, bone, heart, mediastinum, table)
+    # becomes air, so a model sees the lungs and what lies in them (slicing.lung_field). In
+    # benchmarks/learnability.py masking is what made the demo cohort learnable from scratch.
     mask_outside_lungs: bool = False
 
     def __post_init__(self) -> None:

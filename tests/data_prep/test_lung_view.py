@@ -173,12 +173,15 @@ def test_masking_keeps_lungs_and_lesions_and_blanks_the_body(phantoms):
     plain = SliceSettings(image_size=96)  # the phantoms' own matrix: pixels line up with truth
     masked = SliceSettings(image_size=96, mask_outside_lungs=True)
     air = int(to_uint8(window(np.float32(AIR_HU), level=-600, width=1500)))
-    same = {"lesion": [0, 0], "lung": [0, 0]}
+    same = {"lesion": [0, 0], "mild": [0, 0], "lung": [0, 0]}
     blank = [0, 0]
     for ph in phantoms:
         vol = _volume(ph)
         a, b = hu_volume_slices(vol, plain), hu_volume_slices(vol, masked)
-        for name, truth in (("lesion", ph.lesion_mask), ("lung", ph.lung_mask)):
+        truths = [("lesion", ph.lesion_mask), ("lung", ph.lung_mask)]
+        if ph.burden == "mild":
+            truths.append(("mild", ph.lesion_mask))
+        for name, truth in truths:
             t = truth[a.start : a.stop]
             same[name][0] += int(np.sum(a.slices[t] == b.slices[t]))
             same[name][1] += int(t.sum())
@@ -186,9 +189,11 @@ def test_masking_keeps_lungs_and_lesions_and_blanks_the_body(phantoms):
         blank[0] += int(np.sum(b.slices[dense] == air))
         blank[1] += int(dense.sum())
         assert np.mean(a.slices[dense] == air) < 0.01
-    assert same["lesion"][1] > 100 and same["lesion"][0] / same["lesion"][1] > 0.9
-    assert same["lung"][0] / same["lung"][1] > 0.98
-    assert blank[0] / blank[1] > 0.7
+    # ground glass inside the lungs stays; dense consolidation at the wall may go with it
+    assert same["lesion"][1] > 100 and same["lesion"][0] / same["lesion"][1] > 0.6
+    assert same["mild"][1] > 20 and same["mild"][0] / same["mild"][1] > 0.8
+    assert same["lung"][0] / same["lung"][1] > 0.9
+    assert blank[0] / blank[1] > 0.97
 
 
 def test_masking_an_exported_gray_slice_agrees_with_its_hu(phantoms):
