@@ -6,11 +6,11 @@ public data is a synthetic cohort with its own seed (configs/pretrain_public.yam
 any private dataset is in it, so the weights carry no private information and spend no privacy
 budget. This script regenerates the file the demo uses, with a provenance record next to it:
 
-    .venv/bin/python tools/pretrain_public.py [--out covidct/assets/public_gn_cnn_small_96]
+    .venv/bin/python tools/pretrain_public.py [--out covidct/assets/public_gn_cnn_small_96_lungs]
 
 writes OUT.weights.h5 (weights only, loaded by train.initial_weights) and OUT.json (cohort
 settings, training settings, the public test AUC, the file's SHA-256 and the commit).
-It runs covidct synth, prepare and train --no-dp in a scratch folder (about 15 minutes on 2
+It runs covidct synth, prepare and train --no-dp in a scratch folder (about 10 minutes on 2
 cores).
 """
 
@@ -36,7 +36,9 @@ def _covidct(*args: str) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=ROOT / "covidct/assets/public_gn_cnn_small_96")
+    ap.add_argument(
+        "--out", type=Path, default=ROOT / "covidct/assets/public_gn_cnn_small_96_lungs"
+    )
     ap.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="covidct-public-") as tmp:
