@@ -85,9 +85,10 @@ _LUNG_U8 = round((-400.0 + 1350.0) / 1500.0 * 255)
 def lung_masked(img: np.ndarray, *, fill: int, close: int) -> np.ndarray:
     """Replace everything outside the lungs by a constant (study option ``mask=1``).
 
-    Tighter than the product's ``data_prep.slicing.lung_field`` (``mask=2``, what
-    ``prepare.slices.mask_outside_lungs`` applies): peripheral consolidation denser than the
-    threshold is cut away with the chest wall (63% of phantom lesion pixels kept, against 94%).
+    The product's ``data_prep.slicing.lung_field`` (``mask=2``, what
+    ``prepare.slices.mask_outside_lungs`` applies) is this field, padded before the closing so
+    that lungs at the image edge are not eroded; this copy keeps the study's results
+    reproducible.
 
     Lungs = low-density regions that do not touch the border (as data_prep.slicing finds them),
     holes filled and closed with a ``close``-pixel disc so that dense findings inside or at the
