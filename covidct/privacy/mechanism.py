@@ -485,12 +485,6 @@ class DPGradient:
         self._run(fn, tf.constant(step, tf.int64))
         self._clean = True
 
-    def _noise(self, i: int, g: tf.Tensor, step: tf.Tensor) -> tf.Tensor:
-        """sigma * C * N(0, 1) for variable i at ``step``."""
-        s = self.settings
-        assert s.clip_norm is not None  # enforced by DPSettings
-        return gaussian_noise(i, g, std=s.noise_multiplier * s.clip_norm, seed=self.seed, step=step)
-
     def _result_graph(self, step: tf.Tensor) -> list[tf.Tensor]:
         """One replica, or a cross-replica read (the sums over all replicas)."""
         return noisy_mean(self._acc, settings=self.settings, seed=self.seed, step=step)
@@ -508,7 +502,9 @@ class DPGradient:
         for i, acc in enumerate(self._acc):
             g = tf.identity(acc)  # this replica's own sum
             if s.noise_multiplier > 0:
-                g = g + first * self._noise(i, g, step)
+                assert s.clip_norm is not None  # enforced by DPSettings
+                std = s.noise_multiplier * s.clip_norm
+                g = g + first * gaussian_noise(i, g, std=std, seed=self.seed, step=step)
             local.append(g)
         total = ctx.all_reduce(tf.distribute.ReduceOp.SUM, local)
         return [g / s.expected_batch_size for g in total]

@@ -366,27 +366,7 @@ def test_pipelined_step_equals_the_mechanisms_step_noise_drawn_once(fake_ipu, si
     x, mask, y, present = _units(5, seed=1)
     present[2] = 0.0
 
-    def pipelined(model):
-        groups = stage_groups(model, 3)
-        return PipelinedDPGradient(
-            model,
-            settings=settings,
-            seed=11,
-            groups=groups,
-            unit_loss=UnitLoss.MEAN,
-            runner=lambda fn, *args: fn(*args),
-            compile_fn=lambda fn: fn,
-        )
-
-    def reference(model):
-        return DPGradient(
-            model,
-            settings=settings,
-            mode=ExecutionMode.NANOBATCH,
-            seed=11,
-            layer_groups=stage_groups(model, 3),
-        )
-
+    pipelined, reference = _pipelined_and_reference(settings, seed=11, n_stages=3)
     got, dp = _train_one_step(pipelined, (x, mask, y, present), steps=2)
     want, _ = _train_one_step(reference, (x, mask, y, present), steps=2)
     for a, b in zip(got, want, strict=True):
@@ -405,12 +385,26 @@ def test_empty_poisson_batch_still_takes_its_noisy_step(fake_ipu):
     x, mask, y, present = _units(2, seed=2)
     present[:] = 0.0  # no unit sampled: the step is noise only
 
+    pipelined, reference = _pipelined_and_reference(settings, seed=5, n_stages=2)
+    got, _ = _train_one_step(pipelined, (x, mask, y, present))
+    want, _ = _train_one_step(reference, (x, mask, y, present))
+    start, _ = _train_one_step(lambda m: _NoStep(), (x, mask, y, present))
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert any(not np.allclose(a, b) for a, b in zip(got, start, strict=True))  # noise moved it
+    assert [c["count"] for c in fake_ipu.pipeline_calls] == [1]  # one weight-0 unit
+
+
+def _pipelined_and_reference(settings, *, seed, n_stages):
+    """Builders (model -> DP step) of the pipelined step and of DPGradient nanobatch with
+    the same stages, settings and noise seed."""
+
     def pipelined(model):
         return PipelinedDPGradient(
             model,
             settings=settings,
-            seed=5,
-            groups=stage_groups(model, 2),
+            seed=seed,
+            groups=stage_groups(model, n_stages),
             unit_loss=UnitLoss.MEAN,
             runner=lambda fn, *args: fn(*args),
             compile_fn=lambda fn: fn,
@@ -421,17 +415,11 @@ def test_empty_poisson_batch_still_takes_its_noisy_step(fake_ipu):
             model,
             settings=settings,
             mode=ExecutionMode.NANOBATCH,
-            seed=5,
-            layer_groups=stage_groups(model, 2),
+            seed=seed,
+            layer_groups=stage_groups(model, n_stages),
         )
 
-    got, _ = _train_one_step(pipelined, (x, mask, y, present))
-    want, _ = _train_one_step(reference, (x, mask, y, present))
-    start, _ = _train_one_step(lambda m: _NoStep(), (x, mask, y, present))
-    for a, b in zip(got, want, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-    assert any(not np.allclose(a, b) for a, b in zip(got, start, strict=True))  # noise moved it
-    assert [c["count"] for c in fake_ipu.pipeline_calls] == [1]  # one weight-0 unit
+    return pipelined, reference
 
 
 class _NoStep:
