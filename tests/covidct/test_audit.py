@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 
 from covidct.evaluate import Predictions
-from covidct.privacy.audit import AUDIT_FORMAT, audit_predictions, epsilon_lower_bound
+from covidct.privacy.audit import (
+    AUDIT_FORMAT,
+    audit_predictions,
+    epsilon_lower_bound,
+    trained_attack_lower_bound,
+)
 
 
 def _randomized_response(eps: float, n: int, rng: np.random.Generator):
@@ -34,6 +39,16 @@ def test_lower_bound_is_zero_without_leakage_at_the_stated_confidence():
         for s in range(40)
     )
     assert positives <= 4  # 95% confidence: about 2 false claims in 40 expected at most
+
+
+def test_trained_attacker_bound_is_valid_and_tight_on_randomized_response():
+    rng = np.random.default_rng(6)
+    members, others = _randomized_response(1.0, 20_000, rng)
+    noise = rng.normal(size=(40_000, 2))  # features that carry nothing
+    m = np.column_stack([members, noise[:20_000]])
+    o = np.column_stack([others, noise[20_000:]])
+    bound = trained_attack_lower_bound(m, o, delta=0.0)
+    assert 0.8 < bound <= 1.0
 
 
 def _predictions(n: int, scale: float, rng: np.random.Generator, tag: str) -> Predictions:
@@ -114,3 +129,21 @@ def test_threshold_attack_auc_equals_an_independent_roc_of_minus_the_loss():
     got = {a["attack"]: a["auc"] for a in audit["attacks"]}["loss_threshold"]
     assert got == pytest.approx(want, abs=1e-12)
     assert "privacy_tests" in audit["attack_library"]
+
+
+def test_audit_claims_nothing_on_identically_distributed_unequal_groups():
+    """Cross-validated attacker scores separate identical groups of unequal size (AUC < 0.5);
+    bounding their rates "proved" epsilon > 0 in 3 of these 8 trials. The audit's trained
+    attacker is fitted on one half and tested on the other, so it claims nothing here."""
+    claims = []
+    for s in range(8):
+        rng = np.random.default_rng(100 + s)
+        audit = audit_predictions(
+            _predictions(1400, 0.5, rng, "m"),
+            _predictions(600, 0.5, rng, "o"),
+            theoretical_epsilon=3.0,
+            delta=1e-4,
+            seed=s,
+        )
+        claims += [a["epsilon_lower_bound"] for a in audit["attacks"]]
+    assert sum(c > 0 for c in claims) <= 1, claims  # 16 bounds at 97.5% each
