@@ -10,7 +10,7 @@ budget. This script regenerates the file the demo uses, with a provenance record
 
 writes OUT.weights.h5 (weights only, loaded by train.initial_weights) and OUT.json (cohort
 settings, training settings, the public test AUC, the file's SHA-256 and the commit).
-It runs covidct synth, prepare and train --no-dp in a scratch folder (about 10 minutes on 2
+It runs covidct synth, prepare and train --no-dp in a scratch folder (34 minutes on 2
 cores).
 """
 
