@@ -122,9 +122,21 @@ def _bounds_at(
     return _eps_from_rates(tpr_lo, fpr_hi, delta)
 
 
+Halves = tuple[np.ndarray, np.ndarray]  # (members, others)
+
+
+def _random_halves(members: np.ndarray, others: np.ndarray, seed: int) -> tuple[Halves, Halves]:
+    """Each group's rows shuffled and cut in two: (first halves, second halves)."""
+    rng = np.random.default_rng(seed)
+    m = np.asarray(members, np.float64)[rng.permutation(len(members))]
+    o = np.asarray(others, np.float64)[rng.permutation(len(others))]
+    half_m, half_o = len(m) // 2, len(o) // 2
+    return (m[:half_m], o[:half_o]), (m[half_m:], o[half_o:])
+
+
 def _select_then_bound(
-    selection: tuple[np.ndarray, np.ndarray],
-    evaluation: tuple[np.ndarray, np.ndarray],
+    selection: Halves,
+    evaluation: Halves,
     delta: float,
     alpha: float,
 ) -> float:
@@ -168,14 +180,10 @@ def epsilon_lower_bound(
     Returns:
         The lower bound (0.0 when the attack proves nothing).
     """
-    rng = np.random.default_rng(seed)
-    m = rng.permutation(np.asarray(member_scores, np.float64))
-    o = rng.permutation(np.asarray(other_scores, np.float64))
-    if len(m) < 2 or len(o) < 2:
+    if len(member_scores) < 2 or len(other_scores) < 2:
         return 0.0
-    alpha = (1.0 - confidence) / 2
-    half_m, half_o = len(m) // 2, len(o) // 2
-    return _select_then_bound((m[:half_m], o[:half_o]), (m[half_m:], o[half_o:]), delta, alpha)
+    selection, evaluation = _random_halves(member_scores, other_scores, seed)
+    return _select_then_bound(selection, evaluation, delta, (1.0 - confidence) / 2)
 
 
 def trained_attack_lower_bound(
@@ -200,26 +208,19 @@ def trained_attack_lower_bound(
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    rng = np.random.default_rng(seed)
-    m = np.asarray(member_features, np.float64)[rng.permutation(len(member_features))]
-    o = np.asarray(other_features, np.float64)[rng.permutation(len(other_features))]
-    half_m, half_o = len(m) // 2, len(o) // 2
-    if min(half_m, half_o) < 2:  # too few to fit an attacker and still bound its rates
+    if min(len(member_features), len(other_features)) < 4:  # halves too small to fit on
         return 0.0
-    x = np.concatenate([m[:half_m], o[:half_o]])
-    y = np.concatenate([np.ones(half_m), np.zeros(half_o)])
+    (m_fit, o_fit), (m_eval, o_eval) = _random_halves(member_features, other_features, seed)
     attacker = make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced"))
-    attacker.fit(x, y)
-
-    def score(rows: np.ndarray) -> np.ndarray:
-        return attacker.decision_function(rows)
-
-    alpha = (1.0 - confidence) / 2
+    attacker.fit(
+        np.concatenate([m_fit, o_fit]), np.concatenate([np.ones(len(m_fit)), np.zeros(len(o_fit))])
+    )
+    score = attacker.decision_function
     return _select_then_bound(
-        (score(m[:half_m]), score(o[:half_o])),
-        (score(m[half_m:]), score(o[half_o:])),
+        (score(m_fit), score(o_fit)),
+        (score(m_eval), score(o_eval)),
         delta,
-        alpha,
+        (1.0 - confidence) / 2,
     )
 
 
