@@ -143,11 +143,18 @@ def gaussian_noise(
 
 
 def noisy_mean(
-    sums: Sequence[tf.Tensor], *, settings: DPSettings, seed: int, step: tf.Tensor
+    sums: Sequence[tf.Tensor],
+    *,
+    settings: DPSettings,
+    seed: int,
+    step: tf.Tensor,
+    noise_weight: tf.Tensor | float = 1.0,
 ) -> list[tf.Tensor]:
     """(clipped sum + ONE draw of N(0, sigma^2 C^2)) / (q N) for one logical batch.
 
     Divides by the EXPECTED batch size q*N, never the realised one (Abadi et al. 2016, Alg. 1).
+    ``noise_weight`` 0 leaves the noise out: the replicas of one step all call this and only
+    replica 0 adds the step's one draw before their results are summed.
     """
     out = []
     for i, total in enumerate(sums):
@@ -155,7 +162,7 @@ def noisy_mean(
         if settings.noise_multiplier > 0:
             assert settings.clip_norm is not None  # enforced by DPSettings
             std = settings.noise_multiplier * settings.clip_norm
-            g = g + gaussian_noise(i, g, std=std, seed=seed, step=step)
+            g = g + noise_weight * gaussian_noise(i, g, std=std, seed=seed, step=step)
         out.append(g / settings.expected_batch_size)
     return out
 
@@ -495,19 +502,12 @@ class DPGradient:
         The result, identical on every replica, is (sum over all units + ONE draw of
         N(0, sigma^2 C^2)) / (q N): the noise of one logical batch, never one per replica.
         """
-        s = self.settings
         ctx = tf.distribute.get_replica_context()
         first = tf.cast(tf.equal(ctx.replica_id_in_sync_group, 0), tf.float32)
-        local = []
-        for i, acc in enumerate(self._acc):
-            g = tf.identity(acc)  # this replica's own sum
-            if s.noise_multiplier > 0:
-                assert s.clip_norm is not None  # enforced by DPSettings
-                std = s.noise_multiplier * s.clip_norm
-                g = g + first * gaussian_noise(i, g, std=std, seed=self.seed, step=step)
-            local.append(g)
-        total = ctx.all_reduce(tf.distribute.ReduceOp.SUM, local)
-        return [g / s.expected_batch_size for g in total]
+        local = noisy_mean(
+            self._acc, settings=self.settings, seed=self.seed, step=step, noise_weight=first
+        )  # this replica's own clipped sum, plus the noise on replica 0 only, over q N
+        return list(ctx.all_reduce(tf.distribute.ReduceOp.SUM, local))
 
 
 def _call(fn: Callable[..., object], *args: object) -> object:
