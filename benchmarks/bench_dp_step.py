@@ -96,15 +96,14 @@ def build_variant(name: str, size: int, batch: int, model_name: str) -> tuple[An
         ux = x[:, None]  # slice units: one slice each
         mask = np.ones((batch, 1), np.float32)
         present = np.ones(batch, np.float32)
+        rounds = [
+            {0: (ux[s : s + chunk], mask[s : s + chunk], y[s : s + chunk], present[s : s + chunk])}
+            for s in range(0, batch, chunk)
+        ]
         counter = [0]
 
-        def run() -> None:
-            dp.reset()
-            for s in range(0, batch, chunk):
-                dp.accumulate(
-                    ux[s : s + chunk], mask[s : s + chunk], y[s : s + chunk], present[s : s + chunk]
-                )
-            dp.apply(opt, step=counter[0])
+        def run() -> None:  # as the training loop does it
+            dp.run_batch(rounds, opt, step=counter[0])
             counter[0] += 1
 
         run.vectorized_impl = dp.vectorized_impl  # type: ignore[attr-defined]

@@ -56,7 +56,7 @@ import importlib
 import inspect
 import logging
 import queue
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -460,6 +460,23 @@ class PipelinedDPGradient:
         n = len(self._pending)
         self._last_loss = float(losses.sum() / n) if n else float("nan")
         self._pending.clear()
+
+    def run_batch(
+        self,
+        rounds: Iterable[Mapping[int, Sequence[Any]]],
+        optimizer: Any,
+        *,
+        step: int,
+        read_loss: bool = False,
+    ) -> float | None:
+        """As ``DPGradient.run_batch``: queue every round's chunk, then one pipeline run; the
+        mean unit loss is that run's (when ``read_loss`` and the batch had units)."""
+        self.reset()
+        for chunks in rounds:
+            self.accumulate_replicas(chunks)
+        n = len(self._pending)
+        self.apply(optimizer, step=step)
+        return self._last_loss if read_loss and n else None
 
     # ---- building the pipeline -------------------------------------------------------------
 

@@ -532,7 +532,6 @@ def _fit(
         if chief:
             checkpoint.count_step(run, counted)
         chosen = sampler.sample(step)  # the same global sample on every worker
-        dp.reset()
         load, shape = store_loader(
             job.train_units,
             chosen,
@@ -541,19 +540,18 @@ def _fit(
             rng=_slice_rng(config.seed, step),
             augment=config.augment,
         )
-        for chunks in replica_chunks(
+        rounds = replica_chunks(
             chosen,
             load,
             chunk=config.chunk_units,
             num_replicas=device.num_replicas,
             replica_ids=device.replica_ids,
             shape=shape,
-        ):
-            dp.accumulate_replicas(chunks)
-        if show_loss and dp.units_in_batch:  # read before apply clears the sums
-            loss_sum += dp.mean_unit_loss
+        )
+        batch_loss = dp.run_batch(rounds, optimizer, step=step, read_loss=show_loss)
+        if batch_loss is not None:
+            loss_sum += batch_loss
             loss_n += 1
-        dp.apply(optimizer, step=step)
         step += 1
         loop.next_step = step
         if bar is not None:

@@ -341,17 +341,33 @@ def test_accumulation_count_is_the_logical_batch():
     assert accumulation_count(3, min_count=8) == 8
 
 
-def _train_one_step(make_dp, units, *, steps=1):
+def _train_one_step(make_dp, units, *, steps=1, run_batch=False):
     keras.utils.set_random_seed(0)
     model = _model()
     opt = keras.optimizers.SGD(learning_rate=1.0)
     opt.build(model.trainable_variables)
     dp = make_dp(model)
     for step in range(steps):
-        dp.reset()
-        dp.accumulate(*units)
-        dp.apply(opt, step=step)
+        if run_batch:  # the training loop's call: the units in two rounds of chunks
+            rounds = [{0: tuple(a[:2] for a in units)}, {0: tuple(a[2:] for a in units)}]
+            loss = dp.run_batch(rounds, opt, step=step, read_loss=True)
+            assert loss is not None and np.isfinite(loss)
+        else:
+            dp.reset()
+            dp.accumulate(*units)
+            dp.apply(opt, step=step)
     return [v.numpy() for v in model.trainable_variables], dp
+
+
+def test_pipelined_run_batch_equals_its_separate_calls(fake_ipu):
+    x, mask, y, present = _units(5, seed=1)
+    present[2] = 0.0
+    pipelined, _ = _pipelined_and_reference(_settings(sigma=1.3), seed=11, n_stages=3)
+    want, _ = _train_one_step(pipelined, (x, mask, y, present), steps=2)
+    got, dp = _train_one_step(pipelined, (x, mask, y, present), steps=2, run_batch=True)
+    assert dp.last_count == 4
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("sigma", [0.0, 1.3])

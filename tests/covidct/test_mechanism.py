@@ -240,6 +240,8 @@ def test_runner_and_xla_path_used_on_the_ipu_give_the_same_sums():
         flat(model.trainable_variables), before - flat(want.result(step=2)), rtol=1e-4, atol=1e-6
     )
     assert len(calls) == 3  # reset, accumulate, apply: nothing ran beside the strategy
+    dp.run_batch([{0: batch}], opt, step=3)
+    assert len(calls) == 4  # the chunk and the update: one launch, through the strategy
 
 
 def test_apply_updates_with_the_noisy_mean_and_starts_the_next_batch_from_zero():
@@ -254,6 +256,49 @@ def test_apply_updates_with_the_noisy_mean_and_starts_the_next_batch_from_zero()
     dp.reset()  # nothing to clear; the next batch accumulates from zero as before
     dp.accumulate(*batch)
     assert dp.units_in_batch == len(batch[2])
+
+
+@pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
+def test_run_batch_fusing_the_last_chunk_with_apply_matches_the_separate_calls(mode):
+    """run_batch launches the last chunk and the update as one graph: same weights, same
+    optimizer state, same loss as reset / accumulate per chunk / apply, over two steps."""
+    mode, impl = mode
+    settings = DPSettings(clip_norm=0.05, noise_multiplier=0.7, expected_batch_size=4.0)
+    x, mask, y, present = unit_batch(n_units=6)
+    present[4] = 0.0  # a padding unit in the second chunk
+    rounds = [{0: (x[:3], mask[:3], y[:3], present[:3])}, {0: (x[3:], mask[3:], y[3:], present[3:])}]
+    runs = []
+    for fused in (False, True):
+        model = tiny_model()
+        opt = keras.optimizers.SGD(learning_rate=0.5, momentum=0.9)
+        dp = DPGradient(model, settings=settings, mode=mode, seed=5, vectorized_impl=impl)
+        losses = []
+        for step in (3, 4):
+            if fused:
+                losses.append(dp.run_batch(rounds, opt, step=step, read_loss=True))
+            else:
+                dp.reset()
+                for chunks in rounds:
+                    dp.accumulate(*chunks[0])
+                losses.append(dp.mean_unit_loss)
+                dp.apply(opt, step=step)
+            assert dp.units_in_batch == 0  # cleared for the next batch either way
+        runs.append((flat(model.trainable_variables), losses))
+    (want, want_losses), (got, got_losses) = runs
+    assert not np.allclose(got, flat(tiny_model().trainable_variables))  # it did update
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got_losses, want_losses, rtol=1e-5)
+    assert dp.run_batch(rounds, opt, step=5) is None  # the loss is read only when asked
+
+
+def test_run_batch_with_no_units_applies_the_noise_alone():
+    model = tiny_model()
+    settings = DPSettings(clip_norm=0.05, noise_multiplier=0.7, expected_batch_size=4.0)
+    dp = DPGradient(model, settings=settings, mode=ExecutionMode.NANOBATCH, seed=2)
+    dp.reset()
+    want = flat(model.trainable_variables) - 0.5 * flat(dp.result(step=7))
+    assert dp.run_batch([], keras.optimizers.SGD(learning_rate=0.5), step=7, read_loss=True) is None
+    np.testing.assert_allclose(flat(model.trainable_variables), want, rtol=1e-5, atol=1e-7)
 
 
 def test_proportional_split_gives_big_layers_more_of_c_and_still_bounds_the_total():
