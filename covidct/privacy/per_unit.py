@@ -14,6 +14,8 @@ clipping, Li et al. 2022). For one chunk:
 3. per layer, contract ``a`` with ``dL/dz`` over the unit's slices and positions only:
    Conv2D kernel = patches(a)^T dz, bias = sum dz; Dense likewise with a instead of patches;
    GroupNormalization gamma = sum dz * a_hat, beta = sum dz (a_hat: a, group-normalised).
+   A stride-1 Conv2D's taps are shifted views of one zero-padded grid, not copies
+   (``_conv_kernel_grad_on_grid``): on CPU the copies cost more than the products.
 
 Nothing here clips or adds noise: covidct.privacy.mechanism does that with these gradients.
 Models with a trainable layer of another kind fall back to tf.vectorized_map in the mechanism
@@ -173,6 +175,10 @@ def _weight_grad(
         return _gamma_grad(layer, a, dz, u)
     if isinstance(layer, keras.layers.Dense):
         return tf.einsum("unc,und->ucd", _per_unit_rows(a, u), _per_unit_rows(dz, u))
+    if layer.strides == (1, 1) and a.shape[-1] > 1:
+        grid = _conv_kernel_grad_on_grid(layer, a, dz, u)
+        if grid is not None:
+            return grid
     # Conv2D kernel[i, j] = sum over the unit's slices and output positions of the input
     # window shifted by (i, j) times dz: one (cin x cout) product per kernel tap, which avoids
     # materialising the (kh*kw*cin)-channel patch tensor.
@@ -202,6 +208,48 @@ def _weight_grad(
             [tf.linalg.matmul(_per_unit_rows(w, u), dz_rows, transpose_a=True) for w in windows],
             axis=1,
         )  # (U, kh*kw, cin, cout)
+    return tf.reshape(g, tf.concat([[u], tf.shape(layer.kernel)], 0))
+
+
+def _conv_kernel_grad_on_grid(
+    layer: keras.layers.Layer, a: tf.Tensor, dz: tf.Tensor, u: tf.Tensor
+) -> tf.Tensor | None:
+    """A stride-1 Conv2D's per-unit kernel gradient with no copy of the input per tap.
+
+    Every slice's input goes on one grid: its rows, each followed by pw zero columns, then ph
+    zero rows (pw, ph: the "same" padding on each side; 0 for "valid"); the zero columns of
+    one row pad the next row's left edge too, and the zero rows of one slice pad the next
+    slice's top. On that grid, flattened to (positions, cin), the input under kernel tap
+    (i, j) is the whole array shifted by a constant number of rows, so each tap is a
+    contiguous slice of the leading axis, which TensorFlow hands over without copying; dz,
+    put on the same grid with zeros elsewhere, multiplies each slice, unit by unit. None when
+    the padding is not the same on both sides (an even kernel extent with "same").
+    """
+    kh, kw = layer.kernel_size
+    dh, dw = layer.dilation_rate
+    h, w, cin = a.shape[1:]
+    ho, wo = dz.shape[1], dz.shape[2]
+    if layer.padding == "same":
+        if ((kh - 1) * dh) % 2 or ((kw - 1) * dw) % 2:
+            return None
+        ph, pw = (kh - 1) * dh // 2, (kw - 1) * dw // 2
+    else:
+        ph = pw = 0
+    rows, cols = h + ph, w + pw  # one slice's block on the grid
+    a_grid = tf.reshape(tf.pad(a, [[0, 0], [0, ph], [0, pw], [0, 0]]), [-1, cin])
+    before = ph * cols + pw  # the most negative shift, for the first slice's top-left tap
+    after = ((kh - 1) * dh - ph) * cols + (kw - 1) * dw - pw
+    a_grid = tf.pad(a_grid, [[before, after], [0, 0]])
+    dz_grid = tf.pad(dz, [[0, 0], [0, rows - ho], [0, cols - wo], [0, 0]])
+    dz_rows = _per_unit_rows(dz_grid, u)  # (U, slices * rows * cols, cout)
+    size = tf.shape(dz_grid)[0] * rows * cols
+    taps = []
+    for i in range(kh):
+        for j in range(kw):
+            start = before + (i * dh - ph) * cols + (j * dw - pw)
+            shifted = _per_unit_rows(a_grid[start : start + size], u)
+            taps.append(tf.linalg.matmul(shifted, dz_rows, transpose_a=True))
+    g = tf.stack(taps, axis=1)  # (U, kh*kw, cin, cout)
     return tf.reshape(g, tf.concat([[u], tf.shape(layer.kernel)], 0))
 
 

@@ -44,7 +44,7 @@ def _reference(
 
 
 def _strided_model() -> keras.Model:
-    """Strides, valid padding, dilation, a 1x1 conv, odd sizes and a Dense head with bias."""
+    """Strides, valid padding, dilation, 1x1 and 2x2 convs, odd sizes and a Dense head."""
     keras.utils.set_random_seed(5)
     inp = keras.Input((13, 13, 1))
     h = keras.layers.Conv2D(4, 3, strides=2, padding="same", use_bias=True)(inp)
@@ -54,17 +54,29 @@ def _strided_model() -> keras.Model:
     h = keras.layers.Activation("tanh")(h)
     h = keras.layers.Conv2D(6, 3, dilation_rate=2, padding="same")(h)
     h = keras.layers.Conv2D(5, 1)(h)
+    h = keras.layers.Conv2D(5, 2, padding="same")(h)  # "same" padded unevenly
     h = keras.layers.GlobalAveragePooling2D()(h)
     h = keras.layers.Dense(3)(h)
-    out = keras.layers.Dense(1)(keras.layers.Activation("relu")(h))
+    out = keras.layers.Dense(1)(keras.layers.Activation("tanh")(h))
     return keras.Model(inp, out)
+
+
+def _live_resnet() -> keras.Model:
+    """gn_resnet18 with every GroupNorm gamma random: its residual branches start at gamma 0,
+    which would give their convolutions zero gradients and so nothing to check."""
+    model = build_model("gn_resnet18", input_size=32, seed=1)
+    rng = np.random.default_rng(3)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.GroupNormalization):
+            layer.gamma.assign(rng.uniform(0.5, 1.5, layer.gamma.shape).astype(np.float32))
+    return model
 
 
 @pytest.mark.parametrize(
     "make, size",
     [
         (lambda: build_model("gn_cnn_small", input_size=32, seed=1), 32),
-        (lambda: build_model("gn_resnet18", input_size=32, seed=1), 32),
+        (_live_resnet, 32),
         (_strided_model, 13),
     ],
     ids=["gn_cnn_small", "gn_resnet18", "strided_valid_dilated"],
@@ -78,6 +90,9 @@ def test_layerwise_gradients_equal_each_units_own_gradient(make, size, kind):
     layerwise = LayerwisePerUnit(model, list(model.trainable_variables), losses_fn)
     grads, losses = layerwise.grads(tf.constant(x), tf.constant(mask), tf.constant(y))
     want = _reference(model, x, mask, y, kind)
+    # every variable has a gradient to compare (a dead model would pass with all zeros)
+    dead = [v.name for i, v in enumerate(model.trainable_variables) if not any(np.any(w[i]) for w in want)]
+    assert not dead, dead
     for u in range(len(y)):
         for v, (got, ref) in enumerate(zip(grads, want[u], strict=True)):
             scale = max(float(np.abs(ref).max()), 1e-3)
