@@ -176,6 +176,7 @@ def _weight_grad(
     if isinstance(layer, keras.layers.Dense):
         return tf.einsum("unc,und->ucd", _per_unit_rows(a, u), _per_unit_rows(dz, u))
     if layer.strides == (1, 1) and a.shape[-1] > 1:
+        # (one input channel: the grid's copy of dz costs more than the nine small windows)
         grid = _conv_kernel_grad_on_grid(layer, a, dz, u)
         if grid is not None:
             return grid
