@@ -266,7 +266,10 @@ def test_run_batch_fusing_the_last_chunk_with_apply_matches_the_separate_calls(m
     settings = DPSettings(clip_norm=0.05, noise_multiplier=0.7, expected_batch_size=4.0)
     x, mask, y, present = unit_batch(n_units=6)
     present[4] = 0.0  # a padding unit in the second chunk
-    rounds = [{0: (x[:3], mask[:3], y[:3], present[:3])}, {0: (x[3:], mask[3:], y[3:], present[3:])}]
+    rounds = [
+        {0: (x[:3], mask[:3], y[:3], present[:3])},
+        {0: (x[3:], mask[3:], y[3:], present[3:])},
+    ]
     runs = []
     for fused in (False, True):
         model = tiny_model()

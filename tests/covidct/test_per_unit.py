@@ -91,7 +91,11 @@ def test_layerwise_gradients_equal_each_units_own_gradient(make, size, kind):
     grads, losses = layerwise.grads(tf.constant(x), tf.constant(mask), tf.constant(y))
     want = _reference(model, x, mask, y, kind)
     # every variable has a gradient to compare (a dead model would pass with all zeros)
-    dead = [v.name for i, v in enumerate(model.trainable_variables) if not any(np.any(w[i]) for w in want)]
+    dead = [
+        v.name
+        for i, v in enumerate(model.trainable_variables)
+        if not any(np.any(w[i]) for w in want)
+    ]
     assert not dead, dead
     for u in range(len(y)):
         for v, (got, ref) in enumerate(zip(grads, want[u], strict=True)):
