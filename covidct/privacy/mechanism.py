@@ -25,6 +25,7 @@ import functools
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 from covidct.privacy.modes import ClippingMode, ExecutionMode, UnitLoss
 from covidct.privacy.per_unit import LayerwisePerUnit, unsupported_reason
@@ -513,10 +514,9 @@ class DPGradient:
                     jit_compile=self._jit,
                 )
             self._clean = False
-            units, loss = self._run(
-                fn, *_float_tensors(x, mask, y, present), tf.constant(step, tf.int64)
-            )  # type: ignore[misc]
+            out = self._run(fn, *_float_tensors(x, mask, y, present), tf.constant(step, tf.int64))
             self._clean = True
+            units, loss = cast(tuple[tf.Tensor, tf.Tensor], out)
             n = float(units)
             return float(loss) / n if read_loss and n else None
         if last is not None:
