@@ -222,9 +222,10 @@ def _conv_kernel_grad_on_grid(
     one row pad the next row's left edge too, and the zero rows of one slice pad the next
     slice's top. On that grid, flattened to (positions, cin), the input under kernel tap
     (i, j) is the whole array shifted by a constant number of rows, so each tap is a
-    contiguous slice of the leading axis, which TensorFlow hands over without copying; dz,
-    put on the same grid with zeros elsewhere, multiplies each slice, unit by unit. None when
-    the padding is not the same on both sides (an even kernel extent with "same").
+    contiguous slice of the leading axis, which TensorFlow hands over without copying when a
+    row is a multiple of 64 bytes (16 float32 channels; otherwise it copies, with the same
+    result); dz, put on the same grid with zeros elsewhere, multiplies each slice, unit by
+    unit. None when the padding is not the same on both sides (an even extent with "same").
     """
     kh, kw = layer.kernel_size
     dh, dw = layer.dilation_rate
