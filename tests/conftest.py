@@ -12,6 +12,15 @@ from data_prep.synth import CohortFormat, SynthConfig, write_cohort
 from data_prep.worker import SliceSettings
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _site_home(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The site's ledgers and key live in a temporary COVIDCT_HOME, never the user's home
+    (subprocesses inherit it)."""
+    import os
+
+    os.environ["COVIDCT_HOME"] = str(tmp_path_factory.mktemp("covidct_home"))
+
+
 @pytest.fixture(scope="session")
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """12 patients, mixed DICOM/NIfTI, 8 slices of 48x48: fast, and every code path of synth."""

@@ -112,15 +112,18 @@ def test_concurrent_trainings_lose_no_entry(tmp_path):
     assert len(ids) == 18 and len(set(ids)) == 18
 
 
-def test_training_records_itself_and_is_refused_before_it_starts(prep, tmp_path, capsys):
+def test_training_records_itself_and_is_refused_before_it_starts(
+    prep, tmp_path, capsys, monkeypatch
+):
     import shutil
 
     from covidct.train import train  # here, not at the top: spawned workers must stay light
     from covidct.train_config import TrainConfig
 
+    monkeypatch.setenv("COVIDCT_HOME", str(tmp_path / "site"))  # another site: a fresh ledger
     tiny = TrainConfig(epochs=1, batch_size=8, max_slices_per_unit=2, chunk_units=8, seed=1)
     data = tmp_path / "prep"
-    shutil.copytree(prep, data, ignore=shutil.ignore_patterns("privacy_ledger.json"))
+    shutil.copytree(prep, data)
     res = train(data, config=tiny, target_epsilon=2.0, runs_dir=tmp_path / "runs", run_id="r1")
     entries = read_ledger(data).entries
     assert [(e.run_id, e.status) for e in entries] == [("r1", "finished")]
@@ -136,15 +139,18 @@ def test_training_records_itself_and_is_refused_before_it_starts(prep, tmp_path,
     err = capsys.readouterr().err
     assert "refused" in err and "leaving" in err
     assert not (tmp_path / "runs" / "r2").exists()  # refused before anything was written
-    raw = json.loads((data / "privacy_ledger.json").read_text())
+    raw = json.loads(read_ledger(data).path.read_text())  # type: ignore[union-attr]
     assert raw["budget"]["epsilon"] == 2.2 and len(raw["entries"]) == 1
 
 
-def test_an_existing_run_folder_is_refused_before_the_ledger_counts_it(prep, tmp_path, capsys):
+def test_an_existing_run_folder_is_refused_before_the_ledger_counts_it(
+    prep, tmp_path, capsys, monkeypatch
+):
     import shutil
 
+    monkeypatch.setenv("COVIDCT_HOME", str(tmp_path / "site"))  # another site: a fresh ledger
     data = tmp_path / "prep"
-    shutil.copytree(prep, data, ignore=shutil.ignore_patterns("privacy_ledger.json"))
+    shutil.copytree(prep, data)
     (tmp_path / "runs" / "taken").mkdir(parents=True)
     (tmp_path / "runs" / "taken" / "run.json").write_text("{}")
     argv = ["train", "--data", str(data), "--epsilon", "2", "--runs", str(tmp_path / "runs")]
@@ -152,3 +158,79 @@ def test_an_existing_run_folder_is_refused_before_the_ledger_counts_it(prep, tmp
     assert code == 2
     assert "exists and is not empty" in capsys.readouterr().err
     assert read_ledger(data).entries == []
+
+
+# ---- one ledger per source cohort, however it is prepared ----------------------------------
+
+
+def test_re_preparing_the_same_scans_opens_no_fresh_budget(cohort, tmp_path, capsys):
+    """Two preparations of the same scans (each with its own pseudonym key, so other
+    pseudonyms and splits) map to one ledger: `covidct budget` shows the same total."""
+    from data_prep.pipeline import PrepConfig, prepare
+    from data_prep.worker import SliceSettings
+
+    folders = [tmp_path / "first", tmp_path / "again"]
+    for out in folders:
+        prepare(
+            [cohort],
+            out,
+            config=PrepConfig(slices=SliceSettings(image_size=32), workers=1),
+            labels=[cohort / "labels.csv"],
+        )
+    a, b = (read_ledger(f) for f in folders)
+    assert a.cohort == b.cohort and a.path == b.path
+    begin_run(folders[0], _entry("on-first", steps=1000))
+    set_budget(folders[1], epsilon=5.0, delta=1e-5)
+    totals = []
+    for f in folders:
+        assert main(["budget", str(f)]) == 0
+        out = capsys.readouterr().out
+        assert "on-first" in out and "epsilon 5" in out
+        totals.append([line for line in out.splitlines() if line.startswith("total spent")])
+    assert totals[0] == totals[1] and "epsilon" in totals[0][0]
+    raw = read_ledger(folders[1]).path.read_text()  # type: ignore[union-attr]
+    identities = json.loads((cohort / "identities.json").read_text())
+    assert not any(ident["patient_id"] in raw for ident in identities)  # keyed hashes only
+
+
+def test_a_cohort_sharing_patients_counts_the_others_runs(prep, tmp_path, monkeypatch):
+    import csv
+    import shutil
+
+    monkeypatch.setenv("COVIDCT_HOME", str(tmp_path / "site"))
+
+    def copy_keeping(name: str, keep) -> Path:
+        data = tmp_path / name
+        shutil.copytree(prep, data)
+        path = data / "private" / "pseudonym_map.csv"
+        with path.open(newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        with path.open("w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows([r for i, r in enumerate(rows) if keep(i, r)])
+        return data
+
+    whole = copy_keeping("whole", lambda i, r: True)
+    half = copy_keeping("half", lambda i, r: i % 2 == 0)  # a subset: shares patients
+    other = copy_keeping("other", lambda i, r: False)  # no patient map: a cohort of its own
+    assert len({read_ledger(d).cohort for d in (whole, half, other)}) == 3
+    begin_run(whole, _entry("big", steps=2000))
+    assert [e.run_id for e in read_ledger(half).counted] == ["big"]
+    assert read_ledger(half).entries == []  # counted, not copied
+    assert read_ledger(other).counted == []
+    set_budget(half, epsilon=total_spent([_entry("big", steps=2000)], delta=1e-5), delta=1e-5)
+    with pytest.raises(BudgetExceededError):
+        begin_run(half, _entry("more", steps=10))
+
+
+def test_a_folder_ledger_from_an_older_covidct_still_counts(tmp_path):
+    folder = tmp_path / "old"
+    folder.mkdir()
+    old = _entry("before", steps=700)
+    (folder / "privacy_ledger.json").write_text(
+        json.dumps({"format": "covidct-ledger-1", "budget": {}, "entries": [old.__dict__]})
+    )
+    assert [e.run_id for e in read_ledger(folder).entries] == ["before"]
+    begin_run(folder, _entry("after", steps=10))
+    assert [e.run_id for e in read_ledger(folder).entries] == ["before", "after"]
