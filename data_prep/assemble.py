@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from data_prep.atomic import atomic_write_json, atomic_write_text
-from data_prep.deid import Pseudonymizer
+from data_prep.deid import Pseudonymizer, UnitBasis
 from data_prep.discover import Discovery
 from data_prep.labels import LabelTable
 from data_prep.manifest import SliceRow, assign_splits, write_manifest
@@ -216,6 +216,7 @@ def assemble(
                     source_slice=v["source_slices"][i],
                     position_mm=float("nan") if pos is None else float(pos),
                     kind=v["kind"],
+                    unit_basis=v.get("unit_basis", UnitBasis.UNKNOWN.value),
                 )
             )
     _remove_orphan_slices(

@@ -7,6 +7,7 @@ who can enumerate candidate MRNs (a plain hash could be brute-forced over the MR
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import hmac
 import os
@@ -55,6 +56,43 @@ IDENTIFYING_KEYWORDS: tuple[str, ...] = (
     "StationName",
     "DeviceSerialNumber",
 )
+
+
+class UnitBasis(enum.Enum):
+    """What a prepared "patient" really is: how prepare decided whose scan it is.
+
+    Only ``DICOM_PATIENT_ID`` names a person (as far as the hospital's records do); every other
+    basis is a fallback, and a privacy guarantee "per patient" then covers that unit (a study, a
+    file, a folder, an image), not necessarily the person. Written to the manifest (no
+    identifier: only the kind of basis) so that training and its report can say so.
+    """
+
+    DICOM_PATIENT_ID = "dicom_patient_id"
+    DICOM_STUDY = "dicom_study"  # no PatientID: each study is its own unit
+    NIFTI_FILE = "nifti_file"  # the file name stands for the patient
+    NIFTI_FOLDER = "nifti_folder"  # the folder of a file named like others stands for it
+    IMAGE_FOLDER = "image_folder"  # a folder of slice images stands for the patient
+    IMAGE_PATTERN = "image_pattern"  # --image-patient-regex on the file names
+    SINGLE_IMAGE = "single_image"  # a loose slice image is its own unit
+    UNKNOWN = "unknown"  # prepared before covidct recorded the basis
+
+    @property
+    def is_person(self) -> bool:
+        return self is UnitBasis.DICOM_PATIENT_ID
+
+    @property
+    def covers(self) -> str:
+        """What one unit of this basis is, in a few words."""
+        return {
+            UnitBasis.DICOM_PATIENT_ID: "a patient (DICOM PatientID)",
+            UnitBasis.DICOM_STUDY: "a study (DICOM series without PatientID)",
+            UnitBasis.NIFTI_FILE: "a NIfTI file (its name stands for the patient)",
+            UnitBasis.NIFTI_FOLDER: "a folder holding a NIfTI file",
+            UnitBasis.IMAGE_FOLDER: "a folder of slice images",
+            UnitBasis.IMAGE_PATTERN: "the images whose names share a --image-patient-regex match",
+            UnitBasis.SINGLE_IMAGE: "one slice image",
+            UnitBasis.UNKNOWN: "unknown (prepared by an older covidct: re-run covidct prepare)",
+        }[self]
 
 
 def load_or_create_key(private_dir: Path) -> bytes:

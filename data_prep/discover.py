@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from data_prep.deid import UnitBasis
 from data_prep.errors import InputError
 from data_prep.labels import class_folder_label, folder_label
 from data_prep.readers.dicom import DicomHeader, choose_series, probe_file, series_rejection
@@ -41,6 +42,7 @@ class Job:
     series_key: str = ""  # PRIVATE: identity of the volume within the study
     folder_label: int | None = None
     headers: tuple[DicomHeader, ...] = ()
+    unit_basis: UnitBasis = UnitBasis.UNKNOWN  # how patient_key was decided (not identifying)
 
 
 @dataclass(frozen=True)
@@ -131,13 +133,14 @@ def _nifti_jobs(niftis: list[tuple[Path, Path]], found: Discovery) -> None:
         stems[nifti_stem(path)] += 1
     for root, path in niftis:
         stem = nifti_stem(path)
+        basis = UnitBasis.NIFTI_FOLDER
         if stems[stem] > 1:
             try:
                 patient = "/".join(path.parent.relative_to(root).parts) or path.parent.name
             except ValueError:
                 patient = path.parent.name
         else:
-            patient = stem
+            patient, basis = stem, UnitBasis.NIFTI_FILE
         found.jobs.append(
             Job(
                 kind=JobKind.NIFTI,
@@ -145,6 +148,7 @@ def _nifti_jobs(niftis: list[tuple[Path, Path]], found: Discovery) -> None:
                 patient_key=patient,
                 series_key=str(path),
                 folder_label=folder_label(path, root),
+                unit_basis=basis,
             )
         )
 
@@ -153,20 +157,24 @@ def _group_images(images: list[tuple[Path, Path]], regex: str, found: Discovery)
     pattern = re.compile(regex) if regex else None
     groups: dict[tuple[str, str], list[Path]] = defaultdict(list)
     labels: dict[tuple[str, str], int | None] = {}
+    bases: dict[tuple[str, str], UnitBasis] = {}
     singles = 0
     for root, path in images:
         label = folder_label(path, root)
         if pattern is not None:
             m = pattern.search(path.name)
             patient = f"{path.parent}/{m.group(1) if m and m.groups() else path.stem}"
+            basis = UnitBasis.IMAGE_PATTERN if m and m.groups() else UnitBasis.SINGLE_IMAGE
         elif class_folder_label(path.parent.name) is not None:
             patient = str(path)  # directly inside a class folder: no grouping information
+            basis = UnitBasis.SINGLE_IMAGE
             singles += 1
         else:
-            patient = str(path.parent)
+            patient, basis = str(path.parent), UnitBasis.IMAGE_FOLDER
         key = (str(root), patient)
         groups[key].append(path)
         labels[key] = label
+        bases[key] = basis
     if singles:
         found.skips.append(
             Skip(
@@ -185,6 +193,7 @@ def _group_images(images: list[tuple[Path, Path]], regex: str, found: Discovery)
                 patient_key=patient,
                 series_key=patient,
                 folder_label=labels[(root_str, patient)],
+                unit_basis=bases[(root_str, patient)],
             )
         )
 
@@ -244,6 +253,10 @@ def _group_dicom(
                 series_key=chosen,
                 folder_label=folder_label(Path(first.path), root_of[first.path]),
                 headers=tuple(headers),
+                # no PatientID: the reader makes the study its own patient
+                unit_basis=(
+                    UnitBasis.DICOM_PATIENT_ID if first.patient_id else UnitBasis.DICOM_STUDY
+                ),
             )
         )
 

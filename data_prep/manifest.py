@@ -29,6 +29,7 @@ MANIFEST_COLUMNS = (
     "source_slice",
     "position_mm",
     "kind",
+    "unit_basis",
 )
 
 
@@ -45,6 +46,8 @@ class SliceRow:
     source_slice: int  # index of the slice in its canonical source volume
     position_mm: float  # position along the patient axis (NaN for slice images)
     kind: str  # "hu" or "gray8"
+    # how prepare decided the patient (data_prep.deid.UnitBasis): a real PatientID or a fallback
+    unit_basis: str = "unknown"
 
 
 def assign_splits(
@@ -107,6 +110,7 @@ def write_manifest(path: Path, rows: Iterable[SliceRow]) -> int:
                 r.source_slice,
                 pos,
                 r.kind,
+                r.unit_basis,
             ]
         )
         n += 1
@@ -129,6 +133,7 @@ def read_manifest(path: Path) -> list[SliceRow]:
                 source_slice=int(r["source_slice"]),
                 position_mm=float(r["position_mm"]) if r["position_mm"] else float("nan"),
                 kind=r["kind"],
+                unit_basis=r.get("unit_basis") or "unknown",  # older manifests lack it
             )
             for r in reader
         ]

@@ -196,6 +196,7 @@ def _run_jobs(
         (j, k) for j, k in zip(jobs, keys, strict=True) if not _record_path(out_dir, k).exists()
     ]
     reused = len(jobs) - len(todo)
+    _add_missing_unit_basis(out_dir, jobs, keys)
     total = len(todo)
     done = 0
 
@@ -227,6 +228,21 @@ def _process_and_save(
 ) -> None:
     record = process_job(job, settings=settings, out_dir=out_dir, pseudonymizer=pseudonymizer)
     _save_record(out_dir, job, key, record)
+
+
+def _add_missing_unit_basis(out_dir: Path, jobs: list[Job], keys: list[str]) -> None:
+    """Records from an older covidct lack ``unit_basis``: discovery knows it, so add it."""
+    for job, key in zip(jobs, keys, strict=True):
+        path = _record_path(out_dir, key)
+        if not path.exists():
+            continue
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # assemble reports an unreadable record
+        if isinstance(record, dict) and "unit_basis" not in record:
+            record["unit_basis"] = job.unit_basis.value
+            atomic_write_json(path, record)
 
 
 def _record_path(out_dir: Path, key: str) -> Path:

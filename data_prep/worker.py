@@ -174,6 +174,7 @@ def _process_hu(
         "spacing_mm": [_finite_or_none(round(float(s), 4)) for s in vol.spacing],
         "flags": vol.flags,
         "file_skips": [],
+        "unit_basis": job.unit_basis.value,
         "_private_patient_key": patient_key,
     }
 
@@ -216,6 +217,7 @@ def _process_images(
         "spacing_mm": [None, None, None],
         "flags": flags,
         "file_skips": bad,
+        "unit_basis": job.unit_basis.value,
         "_private_patient_key": job.patient_key,
     }
 

@@ -33,8 +33,10 @@ def test_covid_ct_layout_images_are_labelled_from_folders_and_marked_8bit(tmp_pa
     assert sum(r.label for r in rows) == 6
     arr = np.load(tmp_path / "prep" / rows[0].file)
     assert arr.dtype == np.uint8 and arr.shape[1:] == (32, 32)
-    # no patient ids in these sets: the report says each image is its own patient
+    # no patient ids in these sets: the report says each image is its own patient, and the
+    # manifest carries it to training (whose report says the guarantee covers an image)
     assert any("no patient grouping" in p.reason for p in res.skipped)
+    assert {r.unit_basis for r in rows} == {"single_image"}
 
 
 def test_one_folder_per_patient_keeps_a_patients_slices_together(tmp_path):
@@ -51,6 +53,7 @@ def test_one_folder_per_patient_keeps_a_patients_slices_together(tmp_path):
     assert len(per_patient) == 8
     assert all(len(s) == 1 for s in per_patient.values())
     assert all(sum(1 for r in rows if r.patient_id == p) == 3 for p in per_patient)
+    assert {r.unit_basis for r in rows} == {"image_folder"}
 
 
 def test_a_corrupt_image_is_skipped_and_the_rest_prepared(tmp_path):
@@ -78,3 +81,5 @@ def test_image_patient_regex_groups_files_by_patient(tmp_path):
     )
     res = prepare([root], tmp_path / "prep", config=cfg)
     assert res.n_patients == 4 and res.n_slices == 8
+    rows = read_manifest(tmp_path / "prep" / "manifest.csv")
+    assert {r.unit_basis for r in rows} == {"image_pattern"}

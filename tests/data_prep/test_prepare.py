@@ -153,3 +153,23 @@ def test_a_folder_from_before_the_lung_views_is_still_reused(cohort, prepared, t
 def test_localizer_series_are_skipped_with_a_reason(prepared):
     report = json.loads((prepared / "prep_report.json").read_text())
     assert any("localizer" in s["reason"] for s in report["skipped"])
+
+
+def test_the_manifest_says_how_each_patient_was_identified(cohort, prepared, tmp_path):
+    """A PatientID names a person; a NIfTI file name or a study without PatientID only stands
+    for one. Training's report counts these fallbacks from the manifest."""
+    import pydicom
+
+    rows = read_manifest(prepared / "manifest.csv")
+    assert {r.unit_basis for r in rows} == {"dicom_patient_id", "nifti_file"}
+    # one DICOM series with its PatientID blanked: the study becomes its own unit
+    series = sorted((cohort / "dicom").glob("*/*/*_chest_axial"))[0]
+    copy = tmp_path / "anon" / "COVID" / "series"  # labelled by its class folder
+    shutil.copytree(series, copy)
+    for f in (p for p in copy.rglob("*") if p.is_file()):
+        ds = pydicom.dcmread(f)
+        ds.PatientID = ""
+        ds.save_as(f)
+    out = tmp_path / "prep_anon"
+    prepare([tmp_path / "anon"], out, config=CONFIG)
+    assert {r.unit_basis for r in read_manifest(out / "manifest.csv")} == {"dicom_study"}
