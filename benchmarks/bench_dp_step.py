@@ -40,6 +40,7 @@ def build_variant(name: str, size: int, batch: int, model_name: str) -> tuple[An
     from covidct.models import build_model
     from covidct.privacy.mechanism import DPGradient, DPSettings
     from covidct.privacy.modes import ClippingMode, ExecutionMode
+    from covidct.privacy.secret import RunSecret
     from covidct.tfsetup import keras, tf
     from covidct.train import resolve_execution
 
@@ -89,7 +90,7 @@ def build_variant(name: str, size: int, batch: int, model_name: str) -> tuple[An
                 clip_norm=1.0, noise_multiplier=1.0, expected_batch_size=batch, clipping=clipping
             ),
             mode=mode,
-            seed=0,
+            secret=RunSecret.draw(),
             vectorized_impl="vectorized_map" if name == "covidct_vectorized_map" else None,
         )
         chunk = min(batch, 32)

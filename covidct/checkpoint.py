@@ -11,9 +11,11 @@ leaves either the old or the new version:
   observed (in memory, by a later checkpoint, by anyone) is always counted, and a step repeated
   after a crash is counted again.
 - ``state.npz``: weights, optimizer slots, the best weights so far and the loop's counters
-  (next step, history, early-stopping state) as of the last checkpoint. Sampling, the slices drawn
-  for each unit and the noise are pure functions of (seed, step), so no random-generator state is
-  needed: a resumed run takes exactly the steps it would have taken.
+  (next step, history, early-stopping state) as of the last checkpoint. The slices drawn for each
+  unit and their augmentation are pure functions of (seed, step). The Poisson sample and the
+  noise come from the run's secret key (``covidct.privacy.secret``), which is never written:
+  a resumed attempt draws a fresh key, so the steps it takes again are new, independently
+  randomised steps, and they are counted again (``progress.json`` never goes down).
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ class LoopState:
         bad_epochs: epochs since the best one (early stopping).
         attempts: how many times training started (1 + resumes).
         done: training is over (all steps, an early stop, or the budget): only finishing is left.
+        committed: the steps counted plus those the run set out to take when this attempt
+            started: what epsilon counts when an early stop (a rule that looks at results, not
+            part of the mechanism) ends training sooner.
     """
 
     next_step: int = 0
@@ -58,6 +63,7 @@ class LoopState:
     bad_epochs: int = 0
     attempts: int = 1
     done: bool = False
+    committed: int = 0
 
 
 def folder(run: Path) -> Path:
@@ -122,6 +128,7 @@ def save_state(
         "bad_epochs": loop.bad_epochs,
         "attempts": loop.attempts,
         "done": loop.done,
+        "committed": loop.committed,
     }
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     buf = io.BytesIO()
@@ -162,5 +169,6 @@ def load_state(run: Path) -> SavedState | None:
         bad_epochs=int(meta["bad_epochs"]),
         attempts=int(meta.get("attempts", 1)),
         done=bool(meta.get("done", False)),
+        committed=int(meta.get("committed", 0)),
     )
     return SavedState(weights, opt, best, loop)

@@ -236,6 +236,7 @@ def _cmd_train(args: argparse.Namespace, cfg: Config) -> int:
 
     from covidct.config import to_dict
     from covidct.data.units import PrivacyUnit
+    from covidct.privacy.audit import epsilon_estimate
     from covidct.train import Placement, resume, train
 
     if (args.workers is None) != (args.worker_index is None):
@@ -324,8 +325,8 @@ def _cmd_train(args: argparse.Namespace, cfg: Config) -> int:
     audit = result.privacy.audit
     if audit:
         print(
-            f"audit: attack AUC {audit['attack_auc']:.3f}, proven epsilon >= "
-            f"{audit['epsilon_lower_bound']:.3g} (guarantee: {_fmt_eps(eps)})"
+            f"audit: attack AUC {audit['attack_auc']:.3f}, epsilon estimate from this one model "
+            f"{epsilon_estimate(audit):.3g} (guarantee: {_fmt_eps(eps)})"
         )
     print(f"privacy report: {result.run_dir / 'privacy_report.md'}")
     print(f"metrics:        {result.run_dir / 'metrics.json'}")
@@ -464,13 +465,14 @@ def _cmd_dashboard(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _cmd_audit(args: argparse.Namespace, cfg: Config) -> int:
+    from covidct.privacy.audit import epsilon_estimate
     from covidct.train import audit_run
 
     audit = audit_run(args.run)
     for a in audit["attacks"]:
         print(
             f"{a['attack']:<20} AUC {a['auc']:.3f}  advantage {a['advantage']:.3f}  "
-            f"epsilon >= {a['epsilon_lower_bound']:.3g}"
+            f"epsilon estimate {epsilon_estimate(a):.3g}"
         )
     print(audit["reading"])
     print(f"written: {args.run / 'audit.json'} and {args.run / 'privacy_report.md'}")

@@ -66,6 +66,22 @@ class DeviceChoice:
         total = self.strategy.reduce(tf.distribute.ReduceOp.SUM, flags, axis=None)
         return bool(float(total) >= self.num_replicas)
 
+    def broadcast_from_chief(self, values: Any) -> Any:
+        """Replica 0's ``values`` (a float32 vector) on every worker (a collective: every
+        worker must call it). Goes over the strategy's own all-reduce (replica 0 contributes
+        its values, every other replica zeros), so nothing passes through the command line,
+        ``TF_CONFIG`` or a file. One worker: ``values`` unchanged.
+        """
+        import numpy as np
+
+        if self.num_workers == 1:
+            return values
+        mine = tf.constant(np.asarray(values, np.float32))
+        parts = self.strategy.experimental_distribute_values_from_function(
+            lambda ctx: mine if ctx.replica_id_in_sync_group == 0 else tf.zeros_like(mine)
+        )
+        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, parts, axis=None).numpy()
+
     def describe(self) -> str:
         return f"{self.kind.upper()}: {self.reason}"
 

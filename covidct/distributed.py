@@ -1,12 +1,13 @@
 """Data-parallel DP-SGD across replicas: the cluster description and each replica's units.
 
 Every worker computes the SAME global Poisson sample of a step (``PoissonSampler.sample`` is a
-pure function of (seed, step)), so every unit joins the batch at rate q independently, whichever
-worker holds it. The sample is then split deterministically across the ``R`` replicas of the
-whole cluster (``partition``); a worker loads only the units of its own replicas. Every replica
-gets the same number of fixed-shape chunks (padded with ``present = 0``), so the replicas run the
-same graph the same number of times. The clipped sums of all replicas are all-reduced and noised
-once (``covidct.privacy.mechanism.DPGradient``).
+pure function of the run's secret key and the step; the chief's key reaches the other workers
+over the strategy's collective, ``RunSecret.shared``), so every unit joins the batch at rate q
+independently, whichever worker holds it. The sample is then split deterministically across
+the ``R`` replicas of the whole cluster (``partition``); a worker loads only the units of its own
+replicas. Every replica gets the same number of fixed-shape chunks (padded with ``present = 0``),
+so the replicas run the same graph the same number of times. The clipped sums of all replicas are
+all-reduced and noised once (``covidct.privacy.mechanism.DPGradient``).
 
 Multi-worker training reads the cluster from ``TF_CONFIG`` (TensorFlow's convention);
 ``set_tf_config`` writes it from ``host:port,host:port`` and a worker index.

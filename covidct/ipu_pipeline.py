@@ -44,8 +44,8 @@ What is NOT verified, and why (no IPU hardware and no Graphcore wheel here):
   op; an older one, graphcore/tensorflow@005c576, makes it an op attribute, which needs a
   Python int and a recompile per count). Any lower bound on the count relative to the number
   of stages is not documented in what was read; ``min_count`` pads with units of weight 0.
-- ``tf.random.stateless_normal`` (the noise) must be supported on the IPU; XLA draws other
-  numbers than the CPU from the same seed.
+- ``tf.random.stateless_normal`` and ``stateless_fold_in`` (the noise) must be supported on the
+  IPU; XLA draws other numbers than the CPU from the same seed.
 - The training loss shown on the console is read from the outfeed after the step, so the
   progress bar lags one step behind.
 """
@@ -70,6 +70,7 @@ from covidct.privacy.mechanism import (
     unit_losses,
 )
 from covidct.privacy.modes import ClippingMode, UnitLoss
+from covidct.privacy.secret import RunSecret
 from covidct.tfsetup import keras, tf
 
 __all__ = [
@@ -227,23 +228,24 @@ StageFn = Callable[..., tuple[tf.Tensor, ...]]
 def stage_functions(stage_models: Sequence[keras.Model], *, unit_loss: UnitLoss) -> list[StageFn]:
     """The ``computational_stages`` of the pipeline, for one unit per mini-batch.
 
-    Stage 0 takes ``(step, x, mask, y, weight)`` (``step`` from the pipeline's ``inputs``, the
-    rest from the infeed: x (k, H, W, 1), mask (k,), y and weight scalars); every stage passes
-    ``step, <boundary tensors>, mask, y, weight`` on; the last returns ``(step, loss)`` with
+    Stage 0 takes ``(noise_seed, x, mask, y, weight)`` (``noise_seed``, the step's secret seed,
+    from the pipeline's ``inputs``, the rest from the infeed: x (k, H, W, 1), mask (k,), y and
+    weight scalars); every stage passes ``noise_seed, <boundary tensors>, mask, y, weight`` on;
+    the last returns ``(noise_seed, loss)`` with
     ``loss = weight * unit loss`` (``mechanism.unit_losses``), so a padding unit (weight 0) has
     a zero gradient and adds nothing.
     """
     last = len(stage_models) - 1
 
     def make(s: int, sub: keras.Model) -> StageFn:
-        def stage(step: tf.Tensor, *args: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        def stage(noise_seed: tf.Tensor, *args: tf.Tensor) -> tuple[tf.Tensor, ...]:
             *acts, mask, y, weight = args
             out = tf.nest.flatten(sub(acts[0] if len(acts) == 1 else list(acts), training=True))
             if s < last:
-                return (step, *out, mask, y, weight)
+                return (noise_seed, *out, mask, y, weight)
             logits = out[0][:, 0]
             loss = unit_losses(logits[None], mask[None], y[None], unit_loss)[0]
-            return (step, loss * weight)
+            return (noise_seed, loss * weight)
 
         stage.__name__ = f"stage{s}"
         return stage
@@ -279,8 +281,7 @@ class StageClippingOptimizer(tf.compat.v1.train.Optimizer):  # type: ignore[misc
         *,
         bounds: Sequence[float],
         settings: DPSettings,
-        seed: int,
-        step: tf.Tensor,
+        noise_seed: tf.Tensor,
         apply_fn: ApplyFn,
     ) -> None:
         super().__init__(use_locking=False, name="StageClippingOptimizer")
@@ -288,8 +289,7 @@ class StageClippingOptimizer(tf.compat.v1.train.Optimizer):  # type: ignore[misc
         self.stage_of_var = list(stage_of_var)
         self.bounds = list(bounds)
         self.settings = settings
-        self.seed = int(seed)
-        self.step = step
+        self.noise_seed = noise_seed
         self.apply_fn = apply_fn
 
     def clip_unit(
@@ -336,7 +336,7 @@ class StageClippingOptimizer(tf.compat.v1.train.Optimizer):  # type: ignore[misc
         """Once per logical batch: (sum + N(0, sigma^2 C^2)) / (q N), then the real update."""
         pairs = list(grads_and_vars)
         noisy = noisy_mean(
-            [g for g, _ in pairs], settings=self.settings, seed=self.seed, step=self.step
+            [g for g, _ in pairs], settings=self.settings, noise_seed=self.noise_seed
         )
         return self.apply_fn(list(zip(noisy, [v for _, v in pairs], strict=True)))
 
@@ -360,7 +360,7 @@ class PipelinedDPGradient:
         model: keras.Model,
         *,
         settings: DPSettings,
-        seed: int,
+        secret: RunSecret,
         groups: Sequence[Sequence[int]],
         unit_loss: UnitLoss,
         runner: Callable[..., Any],
@@ -373,7 +373,7 @@ class PipelinedDPGradient:
         Args:
             model: the Keras model, built under the IPU strategy's scope.
             settings: clip norm C (required), sigma, q*N; per-layer clipping.
-            seed: the noise seed (the noise of step t is a pure function of (seed, t)).
+            secret: the run's secret key; the noise of step t is derived from it and t.
             groups: per stage, indices into ``model.trainable_variables`` (``stage_groups``).
             unit_loss: how a unit's slice logits make its loss.
             runner: ``runner(fn, *args)`` runs a function on the device (``strategy.run``).
@@ -388,7 +388,7 @@ class PipelinedDPGradient:
             raise ValueError(f"a pipeline needs at least two stages, got {len(groups)}")
         self.model = model
         self.settings = settings
-        self.seed = int(seed)
+        self._secret = secret
         self.unit_loss = unit_loss
         self.variables = list(model.trainable_variables)
         self.plan = plan_pipeline(
@@ -454,7 +454,8 @@ class PipelinedDPGradient:
         fn = self._step_fn(optimizer, units[0])
         for unit in units:
             self._feed.put(unit)
-        self._run(fn, tf.constant(step, tf.int64), tf.constant(count, tf.int32))
+        noise_seed = tf.convert_to_tensor(self._secret.noise_seed(step), tf.int64)
+        self._run(fn, noise_seed, tf.constant(count, tf.int32))
         self.last_count = count
         losses = np.asarray(self._outfeed.dequeue(), np.float64).reshape(-1)
         n = len(self._pending)
@@ -498,14 +499,13 @@ class PipelinedDPGradient:
         def apply_fn(pairs: list[tuple[tf.Tensor, tf.Variable]]) -> Any:
             return optimizer.apply_gradients(pairs)
 
-        def optimizer_function(step: tf.Tensor, loss: tf.Tensor) -> Any:
+        def optimizer_function(noise_seed: tf.Tensor, loss: tf.Tensor) -> Any:
             opt = StageClippingOptimizer(
                 self.variables,
                 self.plan.stage_of_var,
                 bounds=self.plan.bounds,
                 settings=self.settings,
-                seed=self.seed,
-                step=step,
+                noise_seed=noise_seed,
                 apply_fn=apply_fn,
             )
             return ops.OptimizerFunctionOutput(opt, loss)
@@ -517,11 +517,11 @@ class PipelinedDPGradient:
             # a SUM of the clipped unit gradients: MEAN would divide by the realised count
             extra["reduction_method"] = accumulation.GradientAccumulationReductionMethod.SUM
 
-        def step_fn(step: tf.Tensor, count: tf.Tensor) -> Any:
+        def step_fn(noise_seed: tf.Tensor, count: tf.Tensor) -> Any:
             return ops.pipeline(
                 computational_stages=self.stages,
                 gradient_accumulation_count=count,
-                inputs=[step],
+                inputs=[noise_seed],
                 infeed_queue=self._infeed,
                 outfeed_queue=self._outfeed,
                 optimizer_function=optimizer_function,

@@ -174,6 +174,8 @@ def _privacy_rows(r: PrivacyReport) -> list[tuple[str, str]]:
 
 def terminal_summary(run: RunSummary) -> str:
     """Readable tables: privacy, test metrics (95% intervals), audit."""
+    from covidct.privacy.audit import epsilon_estimate
+
     r = run.privacy
     parts = [f"run {run.run_dir.name}", "", "Privacy", _table(_privacy_rows(r)), ""]
     for level in ("patient", "slice"):
@@ -187,7 +189,7 @@ def terminal_summary(run: RunSummary) -> str:
             (
                 a["attack"].replace("_", " "),
                 f"AUC {a['auc']:.3f}, advantage {a['advantage']:.3f}, "
-                f"epsilon >= {a['epsilon_lower_bound']:.3g}",
+                f"epsilon estimate {epsilon_estimate(a):.3g} (one model)",
             )
             for a in r.audit["attacks"]
         ]
@@ -272,8 +274,20 @@ def model_card_markdown(run: RunSummary) -> str:
         "information in the model that many patients share (that is what it learns).",
         "- Choosing this model among several trained on the same data has a privacy cost of "
         "its own that this run's epsilon does not include.",
-        "",
     ]
+    if r.dp:
+        lines.append(
+            "- The guarantee assumes the randomness of the patient sampling and of the noise "
+            "stayed secret: "
+            + (
+                f"it came from {r.randomness}."
+                if r.randomness
+                else "this run's report does not say where it came from (written by an older "
+                "covidct, whose noise was derived from the stored seed: treat the guarantee "
+                "as void)."
+            )
+        )
+    lines.append("")
     return "\n".join(lines)
 
 

@@ -72,7 +72,7 @@ CURVE_COLUMNS = (
     "patient_sensitivity",
     "patient_specificity",
     "attack_auc",
-    "epsilon_lower_bound",
+    "epsilon_estimate",
 )
 
 
@@ -210,6 +210,8 @@ def _num(x: Any) -> float | None:
 
 def collect_rows(out: Path, points: Sequence[SweepPoint]) -> list[dict[str, Any]]:
     """One row per finished point, read from its run folder."""
+    from covidct.privacy.audit import epsilon_estimate
+
     rows = []
     for point in points:
         run = out / "runs" / point.run_id
@@ -241,7 +243,7 @@ def collect_rows(out: Path, points: Sequence[SweepPoint]) -> list[dict[str, Any]
                 "patient_sensitivity": p["sensitivity"],
                 "patient_specificity": p["specificity"],
                 "attack_auc": audit.get("attack_auc"),
-                "epsilon_lower_bound": audit.get("epsilon_lower_bound"),
+                "epsilon_estimate": epsilon_estimate(audit) if audit else None,
             }
         )
     return rows

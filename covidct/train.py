@@ -214,6 +214,10 @@ def train(
         )
     plan = plan_privacy(n_units=len(train_units), config=config, target_epsilon=target_epsilon)
     say(_describe_plan(plan, config))
+    if plan.dp and config.privacy_unit is PrivacyUnit.PATIENT:
+        warning = _unit_basis_warning(train_units)
+        if warning:
+            say(warning)
 
     device = (placement or Placement()).choose(config, private=plan.dp)  # TensorFlow from here
     _stage_groups(config, prep)  # a bad stage count fails before the ledger counts the run
@@ -243,6 +247,10 @@ def train(
                 "prep": os.path.abspath(prep),
                 "target_epsilon": "inf" if math.isinf(target_epsilon) else target_epsilon,
                 "n_units": plan.n_units,
+                # what the counted steps were taken with: a resume must take the same
+                "noise_multiplier": plan.noise_multiplier,
+                "sampling_rate": plan.sampling_rate,
+                "delta": plan.delta,
                 "train": to_dict(config),
             },
         )
@@ -291,6 +299,7 @@ def resume(
             f"{prep} now has {plan.n_units} training units, the run started with "
             f"{saved_plan['n_units']}: the prepared data changed, so {run} cannot resume"
         )
+    _check_same_mechanism(run, saved_plan, plan)
     counted = checkpoint.steps_counted(run)
     saved = checkpoint.load_state(run)
     next_step = saved.loop.next_step if saved else 0
@@ -331,6 +340,45 @@ def resume(
         raise refusal or CovidCTError("worker 0 refused to resume this run (see its message)")
     job = _Job(prep, config, plan, run, rid, train_units, val, test, say, progress, t0)
     return _fit(job, device, saved=saved, counted=counted, stop_at=next_step + take)
+
+
+def _check_same_mechanism(run: Path, saved: dict[str, Any], plan: PrivacyPlan) -> None:
+    """A resume must add steps of the mechanism the counted steps were taken with."""
+    for key, now in (
+        ("noise_multiplier", plan.noise_multiplier),
+        ("sampling_rate", plan.sampling_rate),
+        ("delta", plan.delta),
+    ):
+        if key not in saved:
+            continue  # a plan written before covidct stored it
+        before = float(saved[key])
+        if not math.isclose(before, now, rel_tol=1e-9, abs_tol=1e-12):
+            raise checkpoint.ResumeError(
+                f"{run} was trained with {key} {before:.6g}; resuming now would use {now:.6g} "
+                "(the accounting library or the prepared data changed), and its steps would "
+                "not compose as counted. Refusing to resume: start a new run with covidct train."
+            )
+
+
+def _unit_basis_warning(units: Units) -> str | None:
+    """Before training: say when the "patients" are not known to be persons."""
+    from data_prep.deid import UnitBasis
+
+    persons = sum(1 for b in units.bases if b == UnitBasis.DICOM_PATIENT_ID.value)
+    if persons == len(units):
+        return None
+    kinds = sorted({UnitBasis(b).covers for b in units.bases if b in UnitBasis._value2member_map_})
+    head = (
+        f"warning: none of the {len(units)} training units is identified by a DICOM PatientID"
+        if persons == 0
+        else f"warning: {len(units) - persons} of the {len(units)} training units are not "
+        "identified by a DICOM PatientID"
+    )
+    return (
+        f"{head} ({'; '.join(k for k in kinds if not k.startswith('a patient'))}): "
+        "--privacy-unit patient then protects each such unit, not necessarily the person "
+        "(the report says so). Prepare DICOM with PatientID, or one folder per patient."
+    )
 
 
 def _check_clipping(config: TrainConfig) -> None:
@@ -407,9 +455,13 @@ def _fit(
     """Train from ``saved`` (or from scratch) until step ``stop_at``, then finish the run."""
     from covidct.models import build_model, validate_model
     from covidct.privacy.mechanism import DPGradient, DPSettings
+    from covidct.privacy.secret import RunSecret
     from covidct.tfsetup import keras
 
     config, plan, run, say = job.config, job.plan, job.run, job.say
+    # the sampling and the noise rest on this key: drawn now from the OS, never written; a
+    # resumed attempt draws a new one; every worker gets the chief's over the collective
+    secret = RunSecret.draw().shared(device.broadcast_from_chief)
     execution = resolve_execution(config.execution, device.kind)
     say(f"device {device.describe()}; execution mode {execution.value}")
     size = image_size(job.prep)
@@ -440,7 +492,7 @@ def _fit(
             dp = PipelinedDPGradient(
                 model,
                 settings=settings,
-                seed=config.seed,
+                secret=secret,
                 groups=groups,
                 unit_loss=config.unit_loss,
                 runner=device.run,
@@ -455,7 +507,7 @@ def _fit(
                 model,
                 settings=settings,
                 mode=execution,
-                seed=config.seed,
+                secret=secret,
                 layer_groups=groups,
                 unit_loss=config.unit_loss,
                 jit_compile=device.jit_compile,
@@ -472,15 +524,15 @@ def _fit(
     sampler: PoissonSampler | ShuffledSampler
     if config.sampling is Sampling.POISSON:
         sampler = PoissonSampler(
-            len(job.train_units), sampling_rate=plan.sampling_rate, seed=config.seed
+            len(job.train_units), sampling_rate=plan.sampling_rate, secret=secret
         )
     else:
-        sampler = ShuffledSampler(
-            len(job.train_units), batch_size=config.batch_size, seed=config.seed
-        )
+        sampler = ShuffledSampler(len(job.train_units), batch_size=config.batch_size, secret=secret)
     planned_eps = _epsilons(plan, config)
     first_step = loop.next_step
     spe = plan.steps_per_epoch
+    if not loop.done:  # what this attempt sets out to take counts, even if it stops early
+        loop.committed = counted + (stop_at - first_step)
 
     def save_checkpoint() -> None:
         if not device.is_chief:
@@ -517,7 +569,10 @@ def _fit(
         else:
             loop.bad_epochs += 1
             if config.early_stopping_patience and loop.bad_epochs >= config.early_stopping_patience:
-                say(f"early stop after epoch {epoch}: no validation improvement")
+                say(
+                    f"early stop after epoch {epoch}: no validation improvement (epsilon still "
+                    "counts every planned step: the stopping rule is not part of the mechanism)"
+                )
                 loop.done = True
 
     bar = _bar(plan.steps, job.progress, initial=first_step)
@@ -601,14 +656,18 @@ def _finish(
     _save_model(model, run)
 
     steps_repeated = counted - loop.next_step
+    # an early stop ends training sooner, but the planned steps are what the mechanism ran
+    accounted = max(counted, loop.committed)
     start_sha = _sha256(Path(config.initial_weights)) if config.initial_weights else None
     report = _privacy_report(
         plan,
         config,
         job.train_units,
-        counted,
+        accounted,
         [h["epsilon"] for h in loop.history],
         steps_repeated=steps_repeated,
+        steps_taken_early=counted if counted < accounted else None,
+        released=_released(job),
         initial_weights_sha256=start_sha,
     )
     say("auditing: membership inference on training vs held-out patients")
@@ -616,7 +675,7 @@ def _finish(
     write_json(run, "audit.json", audit)
     report = replace(report, audit=audit)
     write_report(report, run)
-    ledger.finish_run(job.prep, job.run_id, steps=counted, epsilon=report.epsilon)
+    ledger.finish_run(job.prep, job.run_id, steps=accounted, epsilon=report.epsilon)
     say(audit["reading"])
     write_json(run, "metrics.json", metrics)
     write_json(run, "history.json", loop.history)
@@ -635,6 +694,7 @@ def _finish(
             "slice_settings": slice_settings(job.prep),
             "seconds": round(seconds, 1),
             "steps": counted,
+            "steps_accounted": accounted,
             "steps_repeated": steps_repeated,
             "attempts": loop.attempts,
             "initial_weights": (
@@ -656,10 +716,14 @@ def _privacy_report(
     eps_per_epoch: list[float],
     *,
     steps_repeated: int = 0,
+    steps_taken_early: int | None = None,
+    released: list[str] | None = None,
     initial_weights_sha256: str | None = None,
 ) -> Any:
-    """The epsilon report for the steps actually taken (an early stop spends less)."""
+    """The epsilon report for the steps counted (every started step; after an early stop,
+    every planned step)."""
     from covidct.privacy.report import build_report
+    from covidct.privacy.secret import GENERATOR
 
     passes = steps_taken * plan.sampling_rate  # expected passes over the data: steps * q
     slice_units = config.privacy_unit is PrivacyUnit.SLICE
@@ -694,6 +758,10 @@ def _privacy_report(
         sampling=config.sampling,
         epsilon_per_epoch=eps_per_epoch,
         steps_repeated=steps_repeated,
+        steps_taken=steps_taken_early,
+        randomness=GENERATOR if plan.dp else "",
+        unit_bases=_count_bases(train_units),
+        released=released if plan.dp else [],
         tf_privacy_statement=(
             accounting.tf_privacy_statement(
                 n_units=plan.n_units,
@@ -717,6 +785,29 @@ def _privacy_report(
         )
         report = replace(report, notes=[*report.notes, note])
     return report
+
+
+def _count_bases(units: Units) -> dict[str, int]:
+    """Training patients (distinct) by how prepare identified them."""
+    basis_of = dict(zip(units.patients, units.bases, strict=False))
+    counts: dict[str, int] = {}
+    for b in basis_of.values():
+        counts[b] = counts.get(b, 0) + 1
+    return counts
+
+
+def _released(job: _Job) -> list[str]:
+    """What the run folder, its model card and the ledger publish without noise."""
+    n = len(job.train_units)
+    return [
+        f"the number of training units (N = {n}) and what follows from it (q, sigma, the steps)",
+        f"the patients per split (train {len(set(job.train_units.patients))}, validation "
+        f"{len(job.val)}, test {len(job.test)}) and per label, in prep_report.json and the "
+        "model card",
+        "the training patients' count by identity basis (above)",
+        "the membership audit's figures (audit.json): the model's outputs on training "
+        "patients, summarised without noise",
+    ]
 
 
 def _sha256(path: Path) -> str:

@@ -56,7 +56,9 @@ class TrainConfig:
         device: auto, cpu, gpu or ipu.
         checkpoint_every: steps between checkpoints inside an epoch (0 = only at epoch ends);
             ``covidct train --resume RUN`` continues from the last one.
-        seed: seeds initialisation, sampling and noise.
+        seed: seeds what the guarantee does not rest on: initialisation, which of a unit's
+            slices are used, augmentation. The Poisson sample and the noise come from a secret
+            key drawn per run (``covidct.privacy.secret``), never from this seed.
     """
 
     model: str = "gn_cnn_small"

@@ -9,11 +9,13 @@ from __future__ import annotations
 import enum
 import json
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from covidct.privacy.secret import RunSecret
+from data_prep.deid import UnitBasis
 from data_prep.errors import CovidCTError
 from data_prep.manifest import read_manifest
 
@@ -63,12 +65,15 @@ class Units:
         patients: the patient of each unit (for slice units, many units share one).
         labels: (n_units,) 0/1.
         slices: per unit, its (file, index) slice references.
+        bases: per unit, how prepare decided its patient (``data_prep.deid.UnitBasis`` value):
+            a DICOM PatientID, or a fallback (a study, a file, a folder, an image).
     """
 
     ids: list[str]
     patients: list[str]
     labels: np.ndarray
     slices: list[list[tuple[str, int]]]
+    bases: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -112,60 +117,77 @@ def load_units(prep: Path, split: str, unit: PrivacyUnit) -> Units:
     rows = [r for r in read_manifest(manifest) if r.split == split]
     by_patient: dict[str, list[tuple[str, int]]] = {}
     label_of: dict[str, int] = {}
+    bases_of: dict[str, set[str]] = {}
     for r in rows:
         by_patient.setdefault(r.patient_id, []).append((r.file, r.index))
         label_of[r.patient_id] = r.label
+        bases_of.setdefault(r.patient_id, set()).add(r.unit_basis)
     ids: list[str] = []
     patients: list[str] = []
     labels: list[int] = []
     slices: list[list[tuple[str, int]]] = []
+    bases: list[str] = []
     for pid in sorted(by_patient):
+        basis = _weakest(bases_of[pid])
         if unit is PrivacyUnit.PATIENT:
             ids.append(pid)
             patients.append(pid)
             labels.append(label_of[pid])
             slices.append(by_patient[pid])
+            bases.append(basis)
         else:
             for ref in by_patient[pid]:
                 ids.append(f"{pid}/{ref[0]}/{ref[1]}")
                 patients.append(pid)
                 labels.append(label_of[pid])
                 slices.append([ref])
-    return Units(ids=ids, patients=patients, labels=np.asarray(labels, np.float32), slices=slices)
+                bases.append(basis)
+    return Units(
+        ids=ids,
+        patients=patients,
+        labels=np.asarray(labels, np.float32),
+        slices=slices,
+        bases=bases,
+    )
+
+
+def _weakest(bases: set[str]) -> str:
+    """A patient made of several scans is a person only if every scan names one by PatientID."""
+    fallbacks = sorted(b for b in bases if b != UnitBasis.DICOM_PATIENT_ID.value)
+    return fallbacks[0] if fallbacks else UnitBasis.DICOM_PATIENT_ID.value
 
 
 class PoissonSampler:
     """Each unit joins each step's batch independently with probability q.
 
-    The draw of step t is a pure function of (seed, t), so a resumed run continues the exact
-    sequence it would have produced (and the accountant's Poisson assumption holds).
+    The draw comes from the run's secret key (``covidct.privacy.secret``), never from a stored
+    seed: knowing which units a step used removes the amplification by subsampling that the
+    accountant counts on. Every worker holding the same key draws the same global sample.
     """
 
-    def __init__(self, n_units: int, *, sampling_rate: float, seed: int) -> None:
+    def __init__(self, n_units: int, *, sampling_rate: float, secret: RunSecret) -> None:
         if not 0 < sampling_rate <= 1:
             raise ValueError(f"sampling rate must be in (0, 1], got {sampling_rate}")
         self.n_units = n_units
         self.q = sampling_rate
-        self.seed = seed
+        self._secret = secret
 
     def sample(self, step: int) -> np.ndarray:
-        rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(step,)))
-        return np.flatnonzero(rng.random(self.n_units) < self.q)
+        return self._secret.poisson_sample(step, n_units=self.n_units, sampling_rate=self.q)
 
 
 class ShuffledSampler:
-    """Fixed-size batches from a fresh permutation each epoch (no Poisson guarantee)."""
+    """Fixed-size batches from a fresh secret permutation each epoch (no Poisson guarantee)."""
 
-    def __init__(self, n_units: int, *, batch_size: int, seed: int) -> None:
+    def __init__(self, n_units: int, *, batch_size: int, secret: RunSecret) -> None:
         self.n_units = n_units
         self.batch_size = batch_size
-        self.seed = seed
+        self._secret = secret
         self.steps_per_epoch = max(1, n_units // batch_size)
 
     def sample(self, step: int) -> np.ndarray:
         epoch, i = divmod(step, self.steps_per_epoch)
-        rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(epoch,)))
-        perm = rng.permutation(self.n_units)
+        perm = self._secret.permutation(epoch, self.n_units)
         return np.sort(perm[i * self.batch_size : (i + 1) * self.batch_size])
 
 

@@ -12,18 +12,25 @@ whether that patient was in the training set. Two attackers from tensorflow-priv
   (Shokri et al., S&P 2017). Its AUC and advantage are privacy_tests' (scored on
   cross-validation folds it was not fitted on); its epsilon bound comes from an attacker of the
   same kind fitted on one half of the patients and tested on the other
-  (``trained_attack_lower_bound``: cross-validated scores are not a fixed test, and on
+  (``trained_attack_epsilon``: cross-validated scores are not a fixed test, and on
   identically distributed groups they "prove" privacy loss that is not there).
 
-From each attack's true- and false-positive rates follows an empirical lower bound on epsilon:
-any (epsilon, delta)-DP mechanism has TPR <= e^eps FPR + delta and TNR <= e^eps FNR + delta
-(Kairouz et al. 2015), so a measured pair that violates this for some eps proves eps is at least
-that large. The rates are estimates: the threshold is chosen on one random half of the patients
-and the rates are bounded on the other half with Clopper-Pearson intervals, so the bound holds
-with the stated confidence (Jagielski et al., "Auditing Differentially Private Machine Learning",
-NeurIPS 2020). A lower bound far below the guarantee is the normal outcome (these attacks are
-weak); one above it would reveal a bug in the training or the accounting. Each attack's bound
-holds at 1 - (1 - confidence) / 2, so the larger of the two holds at the stated confidence.
+From each attack's true- and false-positive rates follows an empirical epsilon: any
+(epsilon, delta)-DP mechanism has TPR <= e^eps FPR + delta and TNR <= e^eps FNR + delta
+(Kairouz et al. 2015). The threshold is chosen on one random half of the patients and the rates
+are bounded on the other half with Clopper-Pearson intervals (Jagielski et al., "Auditing
+Differentially Private Machine Learning", NeurIPS 2020).
+
+The figure is an ESTIMATE FROM ONE MODEL, not a lower bound on the mechanism's epsilon. A lower
+bound needs the randomness of training inside the test: many models trained with and without
+the audited patients (Jagielski et al. 2020), or membership drawn by independent coin flips
+before one training run (Steinke, Nasr & Jagielski, "Privacy Auditing with One (1) Training
+Run", NeurIPS 2023). Here membership is the patient split, fixed before training and not drawn
+independently per patient, and the rates are measured across patients on one model. So the
+estimate says how well these attacks separate this model's training patients from its held-out
+ones; a figure far below the guarantee is the normal outcome (these attacks are weak), and one
+above it is a reason to investigate the training and the accounting. Each attack's estimate is
+taken at 1 - (1 - confidence) / 2, so the larger of the two is at the stated confidence.
 
 tensorflow-privacy 0.9.0's wheel lacks ``privacy_tests``; ``tools/install_privacy_tests.py``
 installs that package from the 0.8.12 wheel (pinned by hash). The epsilon lower bound is
@@ -45,13 +52,13 @@ from covidct.evaluate import Predictions
 
 __all__ = [
     "AUDIT_FORMAT",
+    "attack_epsilon",
     "audit_predictions",
-    "epsilon_lower_bound",
     "patient_features",
-    "trained_attack_lower_bound",
+    "trained_attack_epsilon",
 ]
 
-AUDIT_FORMAT = "covidct-audit-1"
+AUDIT_FORMAT = "covidct-audit-2"  # 2: "epsilon_estimate" (one model), was "epsilon_lower_bound"
 _P_EPS = 1e-7  # probabilities are clipped away from 0 and 1 before taking logs
 
 FEATURES = (
@@ -154,7 +161,7 @@ def _select_then_bound(
     return float(_bounds_at(m_eval, o_eval, np.array([chosen]), delta, alpha)[0])
 
 
-def epsilon_lower_bound(
+def attack_epsilon(
     member_scores: np.ndarray,
     other_scores: np.ndarray,
     *,
@@ -162,13 +169,18 @@ def epsilon_lower_bound(
     confidence: float = 0.95,
     seed: int = 0,
 ) -> float:
-    """An epsilon that the attack proves with probability >= ``confidence``.
+    """The epsilon the attack's measured rates imply, at ``confidence``.
+
+    When every score is an independent draw of the mechanism's output with and without the
+    audited unit (randomized response in the tests), this is a lower bound on its epsilon with
+    probability >= ``confidence``. On the patients of one trained model it is an estimate (see
+    the module docstring).
 
     The threshold is chosen on a random half of each group and the rates are bounded on the
     other half (choosing and measuring on the same patients would overstate the bound). The two
     rates are bounded at level (1 - confidence) / 2 each, so both hold jointly. Each score must
     depend on its own patient only (a fixed function of that patient's outputs): scores from an
-    attacker fitted on these same patients are not (see ``trained_attack_lower_bound``).
+    attacker fitted on these same patients are not (see ``trained_attack_epsilon``).
 
     Args:
         member_scores: the attack's scores for training patients (higher = "member").
@@ -178,7 +190,7 @@ def epsilon_lower_bound(
         seed: seeds the split into halves.
 
     Returns:
-        The lower bound (0.0 when the attack proves nothing).
+        The epsilon (0.0 when the rates imply nothing).
     """
     if len(member_scores) < 2 or len(other_scores) < 2:
         return 0.0
@@ -186,7 +198,7 @@ def epsilon_lower_bound(
     return _select_then_bound(selection, evaluation, delta, (1.0 - confidence) / 2)
 
 
-def trained_attack_lower_bound(
+def trained_attack_epsilon(
     member_features: np.ndarray,
     other_features: np.ndarray,
     *,
@@ -194,7 +206,8 @@ def trained_attack_lower_bound(
     confidence: float = 0.95,
     seed: int = 0,
 ) -> float:
-    """The epsilon a logistic-regression attacker proves with probability >= ``confidence``.
+    """The epsilon a logistic-regression attacker's rates imply, at ``confidence`` (a lower
+    bound only under the conditions of ``attack_epsilon``).
 
     The attacker (standardised features, balanced classes) is fitted on a random half of each
     group, and its threshold is chosen on that half too; the rates of the resulting fixed test
@@ -234,7 +247,7 @@ def _attack_summary(
         "attack": name,
         "auc": float(roc_auc_score(y, s)),
         "advantage": float(np.max(tpr - fpr)),
-        "epsilon_lower_bound": bound,
+        "epsilon_estimate": bound,
     }
 
 
@@ -310,16 +323,16 @@ def audit_predictions(
     # 1 - (1 - confidence) / (number of attacks) so that all hold jointly at ``confidence``
     each = 1.0 - (1.0 - confidence) / len(scores)
     bounds = {
-        "loss_threshold": lambda: epsilon_lower_bound(
+        "loss_threshold": lambda: attack_epsilon(
             *scores["loss_threshold"], delta=delta, confidence=each, seed=seed
         ),
-        "logistic_regression": lambda: trained_attack_lower_bound(
+        "logistic_regression": lambda: trained_attack_epsilon(
             fm.features, fo.features, delta=delta, confidence=each, seed=seed
         ),
     }
     attacks = [_attack_summary(name, m, o, bounds[name]()) for name, (m, o) in scores.items()]
     best = max(attacks, key=lambda a: a["auc"])
-    lower = max(a["epsilon_lower_bound"] for a in attacks)
+    lower = max(a["epsilon_estimate"] for a in attacks)
     return {
         "format": AUDIT_FORMAT,
         "unit": "patient",
@@ -330,13 +343,28 @@ def audit_predictions(
         "attacks": attacks,
         "attack_auc": best["auc"],
         "attack_advantage": max(a["advantage"] for a in attacks),
-        "epsilon_lower_bound": lower,
+        "epsilon_estimate": lower,
+        "estimate_kind": ESTIMATE_KIND,
         "confidence": confidence,
         "theoretical_epsilon": "inf" if math.isinf(theoretical_epsilon) else theoretical_epsilon,
         "delta": delta,
         "reading": reading(theoretical_epsilon, lower, best["auc"], confidence),
         "caveat": CAVEAT,
     }
+
+
+ESTIMATE_KIND = (
+    "an estimate from one trained model (the patient split, not randomised membership): not a "
+    "lower bound on the mechanism's epsilon (that needs many models, or the one-run audit of "
+    "Steinke, Nasr & Jagielski 2023)"
+)
+
+
+def epsilon_estimate(entry: dict[str, Any]) -> float:
+    """An audit's (or one attack's) epsilon estimate; audits written before format 2 called it
+    ``epsilon_lower_bound``."""
+    value = entry.get("epsilon_estimate", entry.get("epsilon_lower_bound"))
+    return float("nan") if value is None else float(value)
 
 
 CAVEAT = (
@@ -351,7 +379,9 @@ def reading(theoretical: float, lower: float, auc: float, confidence: float) -> 
     pct = f"{100 * confidence:.0f}%"
     head = (
         f"The strongest attack told training patients from held-out ones with AUC {auc:.3f} "
-        f"(0.5 = guessing). It proves epsilon >= {lower:.3g} with {pct} confidence."
+        f"(0.5 = guessing); on this one model its rates correspond to epsilon {lower:.3g} "
+        f"({pct} confidence). That is an estimate from one model, not a lower bound on the "
+        "mechanism."
     )
     if math.isinf(theoretical):
         return (
@@ -360,12 +390,11 @@ def reading(theoretical: float, lower: float, auc: float, confidence: float) -> 
         )
     if lower > theoretical:
         return (
-            f"{head} That is ABOVE the guarantee (epsilon = {theoretical:.3g}): the training "
-            "or the accounting is wrong. Do not release this model; report the run."
+            f"{head} It is ABOVE the guarantee (epsilon = {theoretical:.3g}): investigate the "
+            "training and the accounting before releasing this model, and report the run."
         )
     return (
         f"{head} The guarantee (epsilon = {theoretical:.3g}) bounds every possible attack; "
-        "this audit measures two simple ones, so its figure is expected to be lower. Together "
-        "they bracket the real privacy loss: at least the audit's figure, at most the "
-        "guarantee's."
+        "this audit measures two simple ones on one model, so its figure is expected to be "
+        "lower."
     )

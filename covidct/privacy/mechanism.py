@@ -9,7 +9,8 @@ chunks of units, so memory does not grow with the logical batch:
 3. accumulate the clipped sums over all chunks of the logical batch;
 4. add N(0, sigma^2 C^2) ONCE per logical batch and divide by the EXPECTED batch size q*N
    (dividing by the realised size would leak it: Poisson subsampling's analysis assumes a fixed
-   normaliser; Abadi et al. 2016, "Deep Learning with Differential Privacy", Alg. 1).
+   normaliser; Abadi et al. 2016, "Deep Learning with Differential Privacy", Alg. 1). The noise
+   is keyed by the run's secret key (``covidct.privacy.secret``), never by a stored seed.
 
 Two execution modes compute the same sums:
 - ``nanobatch`` (the paper's method, Lee et al. 2021): a physical batch of ONE unit inside a
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import cast
@@ -30,6 +32,7 @@ from typing import cast
 from covidct.privacy.modes import ClippingMode, ExecutionMode, UnitLoss
 from covidct.privacy.per_unit import LayerwisePerUnit, unsupported_reason
 from covidct.privacy.per_unit import layer_groups as per_layer_groups
+from covidct.privacy.secret import NOISE_DRAWS, RunSecret
 from covidct.tfsetup import keras, tf
 
 __all__ = [
@@ -131,24 +134,26 @@ def clip_by_groups(
     return [g * factors[k] for g, k in zip(grads, group_of_var, strict=True)]
 
 
-def gaussian_noise(
-    index: int, like: tf.Tensor, *, std: float, seed: int, step: tf.Tensor
-) -> tf.Tensor:
-    """std * N(0, 1) shaped like ``like``, for variable ``index`` at ``step``.
+def gaussian_noise(index: int, like: tf.Tensor, *, std: float, noise_seed: tf.Tensor) -> tf.Tensor:
+    """N(0, std^2) shaped like ``like``, for variable ``index`` of the step ``noise_seed`` keys.
 
-    A pure function of (seed, step, index) for a given device and compiler (XLA draws other
-    numbers from the same seed): a resumed run repeats its noise.
+    ``noise_seed`` (2 x int64) comes from the run's secret key (``RunSecret.noise_seed``), never
+    from a stored seed: whoever can regenerate the noise can subtract it. Each value is the sum
+    of ``NOISE_DRAWS`` independent draws of N(0, std^2 / NOISE_DRAWS), which resists the
+    floating-point attacks on a single sampler call (Holohan & Braghin 2021; Opacus' secure
+    mode does the same).
     """
-    key = tf.stack([tf.constant(seed, tf.int64), tf.cast(step, tf.int64) * 100_003 + index])
-    return std * tf.random.stateless_normal(tf.shape(like), seed=key, dtype=like.dtype)
+    seed = tf.random.experimental.stateless_fold_in(tf.cast(noise_seed, tf.int64), index)
+    shape = tf.concat([[NOISE_DRAWS], tf.shape(like)], 0)
+    draws = tf.random.stateless_normal(shape, seed=seed, dtype=like.dtype)
+    return (std / math.sqrt(NOISE_DRAWS)) * tf.reduce_sum(draws, axis=0)
 
 
 def noisy_mean(
     sums: Sequence[tf.Tensor],
     *,
     settings: DPSettings,
-    seed: int,
-    step: tf.Tensor,
+    noise_seed: tf.Tensor,
     noise_weight: tf.Tensor | float = 1.0,
 ) -> list[tf.Tensor]:
     """(clipped sum + ONE draw of N(0, sigma^2 C^2)) / (q N) for one logical batch.
@@ -163,7 +168,7 @@ def noisy_mean(
         if settings.noise_multiplier > 0:
             assert settings.clip_norm is not None  # enforced by DPSettings
             std = settings.noise_multiplier * settings.clip_norm
-            g = g + noise_weight * gaussian_noise(i, g, std=std, seed=seed, step=step)
+            g = g + noise_weight * gaussian_noise(i, g, std=std, noise_seed=noise_seed)
         out.append(g / settings.expected_batch_size)
     return out
 
@@ -200,7 +205,7 @@ class DPGradient:
         *,
         settings: DPSettings,
         mode: ExecutionMode,
-        seed: int,
+        secret: RunSecret,
         layer_groups: Sequence[Sequence[int]] | None = None,
         vectorized_impl: str | None = None,
         jit_compile: bool = False,
@@ -213,8 +218,8 @@ class DPGradient:
             model: maps (n, H, W, 1) images to (n, 1) logits.
             settings: clip norm, noise multiplier, expected batch size, clipping mode.
             mode: nanobatch or vectorized (AUTO must be resolved by the caller).
-            seed: seed of the noise; the noise of step t is a pure function of (seed, t), so a
-                resumed run draws the same noise it would have drawn.
+            secret: the run's secret key (``covidct.privacy.secret``): the noise of step t is
+                derived from it and t, and from nothing a user can read.
             layer_groups: for per-layer clipping, indices into model.trainable_variables of each
                 group; default: one group per layer that owns variables.
             vectorized_impl: how the vectorized mode gets per-unit gradients: "layerwise"
@@ -230,7 +235,7 @@ class DPGradient:
         self.model = model
         self.settings = settings
         self.mode = mode
-        self.seed = int(seed)
+        self._secret = secret
         self.unit_loss = unit_loss
         self.variables = list(model.trainable_variables)
         # built under a strategy's scope (train.py does), the sums are per replica
@@ -465,9 +470,13 @@ class DPGradient:
         """The noisy gradient of the logical batch: (sum + N(0, sigma^2 C^2)) / (q N).
 
         The noise is drawn here, once per logical batch, from a stateless generator keyed by
-        (seed, step, variable index).
+        the step's seed from the run's secret key and the variable's index.
         """
-        return list(self._result_fn(tf.constant(step, tf.int64)))
+        return list(self._result_fn(self._noise_seed(step)))
+
+    def _noise_seed(self, step: int) -> tf.Tensor:
+        """Step ``step``'s secret noise seed, as a graph INPUT (never a constant in a graph)."""
+        return tf.convert_to_tensor(self._secret.noise_seed(step), tf.int64)
 
     def apply(self, optimizer: keras.optimizers.Optimizer, *, step: int) -> None:
         """``optimizer.apply_gradients(result(step))`` as one compiled graph (no eager ops)."""
@@ -476,7 +485,7 @@ class DPGradient:
             fn = self._apply_fns[id(optimizer)] = tf.function(
                 functools.partial(self._apply_graph, optimizer), jit_compile=self._jit
             )
-        self._run(fn, tf.constant(step, tf.int64))
+        self._run(fn, self._noise_seed(step))
         self._clean = True
 
     def run_batch(
@@ -514,7 +523,7 @@ class DPGradient:
                     jit_compile=self._jit,
                 )
             self._clean = False
-            out = self._run(fn, *_float_tensors(x, mask, y, present), tf.constant(step, tf.int64))
+            out = self._run(fn, *_float_tensors(x, mask, y, present), self._noise_seed(step))
             self._clean = True
             units, loss = cast(tuple[tf.Tensor, tf.Tensor], out)
             n = float(units)
@@ -525,16 +534,16 @@ class DPGradient:
         self.apply(optimizer, step=step)
         return mean
 
-    def _apply_graph(self, optimizer: keras.optimizers.Optimizer, step: tf.Tensor) -> None:
+    def _apply_graph(self, optimizer: keras.optimizers.Optimizer, noise_seed: tf.Tensor) -> None:
         if self.num_replicas > 1:  # in a replica (strategy.run)
-            grads = self._replica_result_graph(step)
+            grads = self._replica_result_graph(noise_seed)
             # already summed over the replicas: the optimizer must not sum them again
             optimizer.apply_gradients(
                 zip(grads, self.variables, strict=True),
                 experimental_aggregate_gradients=False,
             )
         else:
-            grads = self._result_graph(step)
+            grads = self._result_graph(noise_seed)
             optimizer.apply_gradients(zip(grads, self.variables, strict=True))
         self._reset_graph()  # the next logical batch starts from zero
 
@@ -545,20 +554,20 @@ class DPGradient:
         mask: tf.Tensor,
         y: tf.Tensor,
         present: tf.Tensor,
-        step: tf.Tensor,
+        noise_seed: tf.Tensor,
     ) -> tuple[tf.Tensor, tf.Tensor]:
         """The last chunk, then the update; (units, summed loss) as they were before the reset.
         tf.function keeps the stateful ops in program order (automatic control dependencies)."""
         self._accumulate_graph(x, mask, y, present)
         units, loss = self._units.read_value(), self._loss.read_value()
-        self._apply_graph(optimizer, step)
+        self._apply_graph(optimizer, noise_seed)
         return units, loss
 
-    def _result_graph(self, step: tf.Tensor) -> list[tf.Tensor]:
+    def _result_graph(self, noise_seed: tf.Tensor) -> list[tf.Tensor]:
         """One replica, or a cross-replica read (the sums over all replicas)."""
-        return noisy_mean(self._acc, settings=self.settings, seed=self.seed, step=step)
+        return noisy_mean(self._acc, settings=self.settings, noise_seed=noise_seed)
 
-    def _replica_result_graph(self, step: tf.Tensor) -> list[tf.Tensor]:
+    def _replica_result_graph(self, noise_seed: tf.Tensor) -> list[tf.Tensor]:
         """In each replica: all-reduce (local clipped sum + noise on replica 0 only) by SUM.
 
         The result, identical on every replica, is (sum over all units + ONE draw of
@@ -567,7 +576,7 @@ class DPGradient:
         ctx = tf.distribute.get_replica_context()
         first = tf.cast(tf.equal(ctx.replica_id_in_sync_group, 0), tf.float32)
         local = noisy_mean(
-            self._acc, settings=self.settings, seed=self.seed, step=step, noise_weight=first
+            self._acc, settings=self.settings, noise_seed=noise_seed, noise_weight=first
         )  # this replica's own clipped sum, plus the noise on replica 0 only, over q N
         return list(ctx.all_reduce(tf.distribute.ReduceOp.SUM, local))
 

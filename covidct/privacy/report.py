@@ -22,6 +22,7 @@ from typing import Any
 
 from covidct.privacy.accounting import Accountant, Sampling, sampling_assumption
 from data_prep.atomic import atomic_write_json, atomic_write_text
+from data_prep.deid import UnitBasis
 from data_prep.errors import CovidCTError
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,13 @@ class PrivacyReport:
         audit: the empirical membership-inference audit (covidct.privacy.audit), once run.
         steps_repeated: steps taken again after an interruption (``covidct train --resume``);
             they are included in ``steps`` and in epsilon.
+        steps_taken: steps actually run when fewer than ``steps`` (an early stop: epsilon is
+            counted for the planned steps, ``steps``); None when every counted step ran.
+        randomness: where the sampling and noise randomness came from (the guarantee assumes
+            it is secret); empty for reports written before covidct said so.
+        unit_bases: training patients by how prepare identified them (``UnitBasis`` values):
+            only ``dicom_patient_id`` names a person; the rest are fallbacks.
+        released: what the run publishes outside the guarantee (computed without noise).
     """
 
     dp: bool
@@ -84,6 +92,16 @@ class PrivacyReport:
     notes: list[str]
     audit: dict[str, Any] | None = None
     steps_repeated: int = 0
+    steps_taken: int | None = None
+    randomness: str = ""
+    unit_bases: dict[str, int] = dataclasses.field(default_factory=dict)
+    released: list[str] = dataclasses.field(default_factory=list)
+
+
+# fields a report written by an older covidct may lack
+_OPTIONAL = frozenset(
+    {"audit", "steps_repeated", "steps_taken", "randomness", "unit_bases", "released"}
+)
 
 
 @dataclass(frozen=True)
@@ -183,6 +201,22 @@ def _build_notes(r: PrivacyReport) -> list[str]:
             f"The achieved epsilon {r.epsilon:.4g} EXCEEDS the target {r.target_epsilon:g} "
             "(for example, training was resumed or extended beyond the planned steps)."
         )
+    if r.randomness:
+        notes.append(
+            "The guarantee assumes the randomness of the sampling and of the noise is secret. "
+            f"It came from {r.randomness}. The key was never written to the run folder, its "
+            "checkpoints, the logs, the report or the ledger, and it was gone when training "
+            "ended (a resumed attempt drew a new key). Whoever could regenerate the noise could "
+            "subtract it from two checkpoints; whoever knew the sample would lose the "
+            "amplification by subsampling that the accounting relies on."
+        )
+    notes += _basis_notes(r)
+    if r.steps_taken is not None and r.steps_taken < r.steps:
+        notes.append(
+            f"Training stopped early after {r.steps_taken} of the {r.steps} planned steps "
+            "(no validation improvement). A stopping rule that looks at results is not part of "
+            f"the mechanism, so epsilon, the report and the ledger count all {r.steps} steps."
+        )
     if r.steps_repeated:
         notes.append(
             f"Training was interrupted and resumed from a checkpoint: {r.steps_repeated} "
@@ -199,6 +233,11 @@ def _build_notes(r: PrivacyReport) -> list[str]:
         "mechanism (dp_accounting), add-or-remove-one-unit adjacency. The bound covers every "
         "intermediate model and checkpoint, not only the final model."
     )
+    if r.released:
+        notes.append(
+            "Published without noise, so outside the guarantee (add-or-remove adjacency treats "
+            "them as public): " + "; ".join(r.released) + "."
+        )
     notes.append(
         "Not covered: validation and test patients are not in the training set, so metrics "
         "computed on them (and model selection using them) are outside this epsilon; nor is "
@@ -206,6 +245,32 @@ def _build_notes(r: PrivacyReport) -> list[str]:
         "dataset's privacy ledger; Papernot & Steinke 2022)."
     )
     return notes
+
+
+def _basis_notes(r: PrivacyReport) -> list[str]:
+    """What a "patient" of this training set really is (prepare's identity fallbacks)."""
+    if not r.unit_bases:
+        return []
+    total = sum(r.unit_bases.values())
+    persons = r.unit_bases.get(UnitBasis.DICOM_PATIENT_ID.value, 0)
+    if persons == total:
+        return [
+            f"All {total} training patients were identified by the DICOM PatientID of their "
+            "scans. One person filed under two PatientIDs would count as two patients."
+        ]
+    parts = [
+        f"{n} x {UnitBasis(b).covers if b in UnitBasis._value2member_map_ else b}"
+        for b, n in sorted(r.unit_bases.items(), key=lambda kv: -kv[1])
+        if b != UnitBasis.DICOM_PATIENT_ID.value
+    ]
+    what = "None" if persons == 0 else f"Only {persons}"
+    return [
+        f"{what} of the {total} training patients were identified by a DICOM PatientID; the "
+        f"others are prepare's fallbacks: {'; '.join(parts)}. For those the guarantee covers "
+        "that unit, not necessarily the person: a person with m such units (several studies, "
+        "files or images) is protected only through group privacy, roughly m times epsilon. "
+        "Prepare DICOM with PatientID, or one folder per patient, to protect persons."
+    ]
 
 
 def build_report(
@@ -228,6 +293,10 @@ def build_report(
     epsilon_per_epoch: list[float],
     tf_privacy_statement: str,
     steps_repeated: int = 0,
+    steps_taken: int | None = None,
+    randomness: str = "",
+    unit_bases: dict[str, int] | None = None,
+    released: list[str] | None = None,
 ) -> PrivacyReport:
     """Assemble the report of a run and write its notes (assumptions and caveats).
 
@@ -250,6 +319,10 @@ def build_report(
         epsilon_per_epoch: cumulative epsilon after each epoch.
         tf_privacy_statement: from ``accounting.tf_privacy_statement`` (empty when not private).
         steps_repeated: steps run again after a resume (already included in ``steps``).
+        steps_taken: steps actually run, when fewer than ``steps`` (an early stop).
+        randomness: the source of the sampling and noise randomness (``secret.GENERATOR``).
+        unit_bases: training patients per identity basis (``data_prep.deid.UnitBasis``).
+        released: what the run publishes outside the guarantee.
 
     Returns:
         The report.
@@ -293,6 +366,10 @@ def build_report(
         tf_privacy_statement=tf_privacy_statement,
         notes=[],
         steps_repeated=steps_repeated,
+        steps_taken=steps_taken,
+        randomness=randomness,
+        unit_bases=dict(unit_bases or {}),
+        released=list(released or []),
     )
     return dataclasses.replace(report, notes=_build_notes(report))
 
@@ -366,8 +443,7 @@ def report_from_json(d: dict[str, Any]) -> PrivacyReport:
             f"{d.get('format')!r}. Fix: regenerate it with `covidct report`."
         )
     names = {f.name for f in dataclasses.fields(PrivacyReport)}
-    # reports written before the audit or resuming existed
-    missing = names - d.keys() - {"audit", "steps_repeated"}
+    missing = names - d.keys() - _OPTIONAL
     unknown = d.keys() - names - {"format"}
     if missing or unknown:
         raise ReportFormatError(
@@ -386,6 +462,8 @@ def report_from_json(d: dict[str, Any]) -> PrivacyReport:
         values["accountant"] = Accountant(d["accountant"])
         values["sampling"] = Sampling(d["sampling"])
         values["notes"] = [str(n) for n in d["notes"]]
+        values["unit_bases"] = {str(k): int(v) for k, v in d.get("unit_bases", {}).items()}
+        values["released"] = [str(x) for x in d.get("released", [])]
     except (ValueError, TypeError) as err:
         raise ReportFormatError(f"privacy report has a bad value: {err}") from err
     return PrivacyReport(**values)
@@ -456,6 +534,8 @@ def _fmt(x: float | None) -> str:
 
 
 def _audit_section(audit: dict[str, Any]) -> list[str]:
+    from covidct.privacy.audit import epsilon_estimate
+
     lines = [
         "## Empirical audit: membership inference",
         "",
@@ -464,12 +544,12 @@ def _audit_section(audit: dict[str, Any]) -> list[str]:
         f"{audit['members']} training patients against {audit['non_members']} held-out "
         f"patients ({' and '.join(audit['non_member_splits'])} splits).",
         "",
-        "| attack | AUC | advantage (TPR - FPR) | epsilon proven (lower bound) |",
+        "| attack | AUC | advantage (TPR - FPR) | epsilon estimate (one model) |",
         "|---|---|---|---|",
     ]
     lines += [
         f"| {a['attack'].replace('_', ' ')} | {a['auc']:.3f} | {a['advantage']:.3f} | "
-        f"{a['epsilon_lower_bound']:.3g} |"
+        f"{epsilon_estimate(a):.3g} |"
         for a in audit["attacks"]
     ]
     lines.append("")
@@ -504,6 +584,7 @@ def report_to_markdown(report: PrivacyReport) -> str:
         ("expected batch size (q*N)", _fmt(r.expected_batch_size)),
         ("steps", str(r.steps)),
         *([("of which repeated after a resume", str(r.steps_repeated))] * bool(r.steps_repeated)),
+        *([("steps run (early stop)", str(r.steps_taken))] * (r.steps_taken is not None)),
         ("epochs", _fmt(r.epochs)),
         ("sampling", r.sampling.value),
         ("accountant", r.accountant.value.upper()),

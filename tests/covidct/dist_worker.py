@@ -54,6 +54,7 @@ def run(device: Any = None) -> dict[str, np.ndarray]:
     from covidct.distributed import replica_chunks
     from covidct.privacy.mechanism import DPGradient, DPSettings, ExecutionMode
     from covidct.tfsetup import keras, tf
+    from tests.covidct.keys import known_secret
 
     strategy = device.strategy if device is not None else tf.distribute.get_strategy()
     n_rep = device.num_replicas if device is not None else 1
@@ -77,7 +78,7 @@ def run(device: Any = None) -> dict[str, np.ndarray]:
                         clip_norm=CLIP, noise_multiplier=sigma, expected_batch_size=QN
                     ),
                     mode=ExecutionMode(mode),
-                    seed=5,
+                    secret=known_secret(5),
                     runner=device.run if device is not None else None,
                 )
             before = _flat(model.trainable_variables)
@@ -103,7 +104,7 @@ def run(device: Any = None) -> dict[str, np.ndarray]:
             model,
             settings=DPSettings(clip_norm=CLIP, noise_multiplier=SIGMA, expected_batch_size=QN),
             mode=ExecutionMode.NANOBATCH,
-            seed=9,
+            secret=known_secret(9),
             runner=device.run if device is not None else None,
         )
     before = _flat(model.trainable_variables)

@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 
 from covidct.privacy.ledger import read_ledger
+from covidct.privacy.secret import RunSecret
 from covidct.train import train
 from covidct.train_config import TrainConfig
+from tests.covidct.keys import known_secret
 from tests.covidct.test_distributed import ROOT, TIMEOUT, _free_ports
 
 SETTINGS = {
@@ -30,8 +32,10 @@ SETTINGS = {
 CFG = replace(TrainConfig(), **SETTINGS)
 
 
-def _cmd(prep: Path, runs: Path, *extra: str) -> list[str]:
-    cmd = [sys.executable, "-m", "covidct.cli", "train", "--data", str(prep), "--epsilon", "3"]
+def _cmd(prep: Path, runs: Path, *extra: str, key: int) -> list[str]:
+    """``covidct train`` whose OS key draw returns the known test key ``key``."""
+    cmd = [sys.executable, str(ROOT / "tests" / "covidct" / "cli_known_key.py"), str(key)]
+    cmd += ["train", "--data", str(prep), "--epsilon", "3"]
     cmd += ["--runs", str(runs), "--no-progress", *extra]
     for key, value in SETTINGS.items():
         cmd += ["--set", f"train.{key}={value}"]
@@ -47,12 +51,14 @@ def _start(cmd: list[str]) -> subprocess.Popen[bytes]:
 
 
 def _start_workers(prep: Path, base: Path) -> list[subprocess.Popen[bytes]]:
-    """Two ``covidct train`` workers on free 127.0.0.1 ports, run id "mw", under base/w<i>."""
+    """Two ``covidct train`` workers on free 127.0.0.1 ports, run id "mw", under base/w<i>.
+
+    Each draws its OWN key (worker i: test key 5 + i); training must use the chief's."""
     workers = ",".join(f"127.0.0.1:{p}" for p in _free_ports(2))
     return [
         _start(
             [
-                *_cmd(prep, base / f"w{i}", "--run-id", "mw"),
+                *_cmd(prep, base / f"w{i}", "--run-id", "mw", key=5 + i),
                 "--workers",
                 workers,
                 "--worker-index",
@@ -74,7 +80,9 @@ def runs(prep: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, obje
     """Two workers run concurrently; the one-process run meanwhile."""
     base = tmp_path_factory.mktemp("dist_train")
     procs = dict(zip(["worker0", "worker1"], _start_workers(prep, base), strict=True))
-    single = train(prep, config=CFG, target_epsilon=3.0, runs_dir=base / "one", run_id="one")
+    with pytest.MonkeyPatch.context() as m:  # the chief's key: the same sample and noise
+        m.setattr(RunSecret, "draw", classmethod(lambda cls: known_secret(5)))
+        single = train(prep, config=CFG, target_epsilon=3.0, runs_dir=base / "one", run_id="one")
     logs = {}
     try:
         for name, proc in procs.items():
@@ -93,6 +101,8 @@ def test_every_process_succeeds(runs):
 
 
 def test_data_parallel_training_gives_the_one_process_model(runs):
+    """Worker 1 drew another key than worker 0: the models match only if worker 1 trained with
+    the chief's key, received over the collective (same sample, same single noise draw)."""
     run_dir = runs["base"] / "w0" / "mw"
     one = runs["single"].run_dir
     for a, b in zip(_weights(run_dir), _weights(one), strict=True):

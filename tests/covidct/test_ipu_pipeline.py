@@ -32,6 +32,7 @@ from covidct.privacy.mechanism import DPGradient, DPSettings, unit_losses
 from covidct.privacy.modes import ClippingMode, ExecutionMode, UnitLoss
 from covidct.privacy.stages import stage_groups
 from covidct.tfsetup import keras, tf
+from tests.covidct.keys import known_secret
 
 SIZE = 16
 K = 2
@@ -259,17 +260,16 @@ def _pipeline_clipped_grads(model, plan, settings, unit, *, reverse=False):
 
     @tf.function
     def grads(x, mask, y, w):
-        outs: tuple[Any, ...] = (tf.constant(0, tf.int64), x, mask, y, w)
+        outs: tuple[Any, ...] = (tf.zeros([2], tf.int64), x, mask, y, w)
         for stage in stages:
             outs = stage(*outs)
-        step, loss = outs  # the last stage returns (step, weighted unit loss)
+        noise_seed, loss = outs  # the last stage returns (noise seed, weighted unit loss)
         opt = StageClippingOptimizer(
             variables,
             plan.stage_of_var,
             bounds=plan.bounds,
             settings=settings,
-            seed=0,
-            step=step,
+            noise_seed=noise_seed,
             apply_fn=lambda pairs: None,
         )
         if not reverse:
@@ -306,7 +306,11 @@ def test_pipeline_clip_equals_the_mechanisms_per_stage_clip():
     x, mask, y, present = _units(1)
     ours = _pipeline_clipped_grads(model, plan, settings, (x[0], mask[0], y[0], present[0]))
     dp = DPGradient(
-        model, settings=settings, mode=ExecutionMode.NANOBATCH, seed=0, layer_groups=groups
+        model,
+        settings=settings,
+        mode=ExecutionMode.NANOBATCH,
+        secret=known_secret(0),
+        layer_groups=groups,
     )
     dp.reset()
     dp.accumulate(x, mask, y, present)
@@ -419,7 +423,7 @@ def _pipelined_and_reference(settings, *, seed, n_stages):
         return PipelinedDPGradient(
             model,
             settings=settings,
-            seed=seed,
+            secret=known_secret(seed),
             groups=stage_groups(model, n_stages),
             unit_loss=UnitLoss.MEAN,
             runner=lambda fn, *args: fn(*args),
@@ -431,7 +435,7 @@ def _pipelined_and_reference(settings, *, seed, n_stages):
             model,
             settings=settings,
             mode=ExecutionMode.NANOBATCH,
-            seed=seed,
+            secret=known_secret(seed),
             layer_groups=stage_groups(model, n_stages),
         )
 

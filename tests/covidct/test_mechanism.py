@@ -13,6 +13,7 @@ from covidct.privacy.mechanism import (
     group_clip_norms,
 )
 from covidct.tfsetup import keras, tf
+from tests.covidct.keys import known_secret
 
 # (execution mode, how vectorized gets per-unit gradients): every path must compute the same sums
 MODES = [
@@ -47,7 +48,9 @@ def unit_batch(n_units: int = 5, k: int = 3, seed: int = 0):
 
 def dp_sum(model, settings, mode, batch, seed=0):
     mode, impl = mode if isinstance(mode, tuple) else (mode, None)
-    dp = DPGradient(model, settings=settings, mode=mode, seed=seed, vectorized_impl=impl)
+    dp = DPGradient(
+        model, settings=settings, mode=mode, secret=known_secret(seed), vectorized_impl=impl
+    )
     if mode is ExecutionMode.VECTORIZED:
         assert dp.vectorized_impl == (impl or "layerwise")
     dp.reset()
@@ -122,7 +125,7 @@ def test_noise_std_matches_sigma_times_c_and_is_drawn_once_per_step():
     )
     sigma, c, expected = 1.7, 0.3, 10.0
     settings = DPSettings(clip_norm=c, noise_multiplier=sigma, expected_batch_size=expected)
-    dp = DPGradient(model, settings=settings, mode=ExecutionMode.NANOBATCH, seed=11)
+    dp = DPGradient(model, settings=settings, mode=ExecutionMode.NANOBATCH, secret=known_secret(11))
     dp.reset()  # nothing accumulated: the result is pure noise / (q N)
     noise = flat(dp.result(step=5)) * expected
     assert noise.size > 4000
@@ -224,7 +227,7 @@ def test_runner_and_xla_path_used_on_the_ipu_give_the_same_sums():
         model,
         settings=settings,
         mode=ExecutionMode.NANOBATCH,
-        seed=0,
+        secret=known_secret(0),
         jit_compile=device.jit_compile,
         runner=device.run,
     )
@@ -274,7 +277,9 @@ def test_run_batch_fusing_the_last_chunk_with_apply_matches_the_separate_calls(m
     for fused in (False, True):
         model = tiny_model()
         opt = keras.optimizers.SGD(learning_rate=0.5, momentum=0.9)
-        dp = DPGradient(model, settings=settings, mode=mode, seed=5, vectorized_impl=impl)
+        dp = DPGradient(
+            model, settings=settings, mode=mode, secret=known_secret(5), vectorized_impl=impl
+        )
         losses = []
         for step in (3, 4):
             if fused:
@@ -297,7 +302,7 @@ def test_run_batch_fusing_the_last_chunk_with_apply_matches_the_separate_calls(m
 def test_run_batch_with_no_units_applies_the_noise_alone():
     model = tiny_model()
     settings = DPSettings(clip_norm=0.05, noise_multiplier=0.7, expected_batch_size=4.0)
-    dp = DPGradient(model, settings=settings, mode=ExecutionMode.NANOBATCH, seed=2)
+    dp = DPGradient(model, settings=settings, mode=ExecutionMode.NANOBATCH, secret=known_secret(2))
     dp.reset()
     want = flat(model.trainable_variables) - 0.5 * flat(dp.result(step=7))
     assert dp.run_batch([], keras.optimizers.SGD(learning_rate=0.5), step=7, read_loss=True) is None

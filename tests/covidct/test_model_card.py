@@ -74,6 +74,11 @@ def test_model_card_holds_every_section_and_no_identifying_value(dicom_run, tmp_
         "## Limitations",
     ):
         assert section in card, section
+    limitations = card[card.index("## Limitations") :]
+    assert "stayed secret" in limitations and "SHAKE-256" in limitations
+    # a mixed DICOM / NIfTI cohort: the NIfTI "patients" are file names, and the card says so
+    assert "identified by a DICOM PatientID" in card and "a NIfTI file" in card
+    assert "estimate from one model" in card and "epsilon proven" not in card
     html = page.read_text()
     assert html.startswith("<!DOCTYPE html>") and "<table>" in html and "http" not in html
 

@@ -12,6 +12,7 @@ from covidct.privacy.mechanism import DPGradient, DPSettings, ExecutionMode, uni
 from covidct.privacy.modes import UnitLoss
 from covidct.privacy.per_unit import LayerwisePerUnit, unsupported_reason
 from covidct.tfsetup import keras, tf
+from tests.covidct.keys import known_secret
 
 
 def _units(size: int, n_units: int = 4, k: int = 3, seed: int = 0):
@@ -132,14 +133,14 @@ def test_unsupported_layers_are_named_and_fall_back_to_vectorized_map():
     reason = unsupported_reason(model)
     assert reason is not None and "DepthwiseConv2D" in reason
     settings = DPSettings(clip_norm=0.1, noise_multiplier=0.0, expected_batch_size=2.0)
-    dp = DPGradient(model, settings=settings, mode=ExecutionMode.VECTORIZED, seed=0)
+    dp = DPGradient(model, settings=settings, mode=ExecutionMode.VECTORIZED, secret=known_secret(0))
     assert dp.vectorized_impl == "vectorized_map"
     with pytest.raises(ValueError, match="DepthwiseConv2D"):
         DPGradient(
             model,
             settings=settings,
             mode=ExecutionMode.VECTORIZED,
-            seed=0,
+            secret=known_secret(0),
             vectorized_impl="layerwise",
         )
 

@@ -195,3 +195,53 @@ def test_write_report_writes_both_files(tmp_path: Path) -> None:
     assert report_from_json(json.loads((run_dir / "privacy_report.json").read_text())) == report
     assert (run_dir / "privacy_report.md").read_text() == report_to_markdown(report)
     assert sorted(p.name for p in run_dir.iterdir()) == ["privacy_report.json", "privacy_report.md"]
+
+
+# ---- what the guarantee rests on, and what the run releases beside it ------------------------
+
+
+def test_the_report_says_the_guarantee_rests_on_secret_randomness_and_names_its_generator():
+    from covidct.privacy.secret import GENERATOR
+
+    report = _report(randomness=GENERATOR)
+    note = next(n for n in report.notes if "randomness" in n)
+    assert "secret" in note and "SHAKE-256" in note and "operating system" in note
+    assert "never written" in note and "new key" in note
+    assert note in report_to_markdown(report)
+    back = report_from_json(report_to_json(report))
+    assert back.randomness == GENERATOR and back == report
+
+
+def test_identity_fallbacks_are_counted_and_say_what_the_guarantee_covers():
+    all_persons = _report(unit_bases={"dicom_patient_id": 2000})
+    assert any("All 2000 training patients were identified" in n for n in all_persons.notes)
+    mixed = _report(unit_bases={"dicom_patient_id": 1500, "nifti_file": 400, "single_image": 100})
+    note = next(n for n in mixed.notes if "fallbacks" in n)
+    assert note.startswith("Only 1500 of the 2000 training patients")
+    assert "400 x a NIfTI file" in note and "100 x one slice image" in note
+    assert "not necessarily the person" in note and "group privacy" in note
+    none = _report(unit_bases={"dicom_study": 2000})
+    assert any(n.startswith("None of the 2000") for n in none.notes)
+    assert report_from_json(report_to_json(mixed)).unit_bases == mixed.unit_bases
+
+
+def test_an_early_stop_counts_every_planned_step_and_says_so():
+    report = _report(steps=625, steps_taken=300)
+    note = next(n for n in report.notes if "stopped early" in n)
+    assert "300 of the 625 planned steps" in note and "not part of the mechanism" in note
+    assert "| steps run (early stop) | 300 |" in report_to_markdown(report)
+    assert not any("stopped early" in n for n in _report().notes)
+
+
+def test_what_is_released_outside_the_guarantee_is_listed():
+    report = _report(released=["the number of training units (N = 2000)"])
+    note = next(n for n in report.notes if n.startswith("Published without noise"))
+    assert "N = 2000" in note
+
+
+def test_a_report_written_before_these_fields_still_reads():
+    d = report_to_json(_report())
+    for key in ("steps_taken", "randomness", "unit_bases", "released"):
+        del d[key]
+    back = report_from_json(d)
+    assert back.randomness == "" and back.unit_bases == {} and back.steps_taken is None

@@ -19,8 +19,10 @@ from covidct import checkpoint
 from covidct.cli import main
 from covidct.privacy import accounting
 from covidct.privacy.ledger import read_ledger
+from covidct.privacy.secret import RunSecret
 from covidct.train import plan_privacy, resume, train
 from covidct.train_config import TrainConfig
+from tests.covidct.keys import known_secret
 
 CFG = TrainConfig(
     epochs=3,
@@ -65,15 +67,25 @@ def _report(run: Path) -> dict:
     return json.loads((run / "privacy_report.json").read_text())
 
 
+def _use_known_key(m: pytest.MonkeyPatch, n: int) -> None:
+    """Every training attempt draws the test key ``n`` instead of an OS key (tests only)."""
+    m.setattr(RunSecret, "draw", classmethod(lambda cls: known_secret(n)))
+
+
 @pytest.fixture(scope="module")
 def whole_run(prep: Path, tmp_path_factory: pytest.TempPathFactory):
     runs = tmp_path_factory.mktemp("whole")
-    return train(prep, config=CFG, target_epsilon=3.0, runs_dir=runs, run_id="whole")
+    with pytest.MonkeyPatch.context() as m:
+        _use_known_key(m, 2)
+        return train(prep, config=CFG, target_epsilon=3.0, runs_dir=runs, run_id="whole")
 
 
 def test_a_run_resumed_from_its_checkpoint_equals_the_uninterrupted_run(
     prep, tmp_path, monkeypatch, whole_run
 ):
+    """With the uninterrupted run's key injected (a real resume draws a fresh one), a resume
+    repeats exactly what the uninterrupted run did: the checkpoint holds everything else."""
+    _use_known_key(monkeypatch, 2)
     plan = plan_privacy(n_units=whole_run.privacy.n_units, config=CFG, target_epsilon=3.0)
     crash_step = plan.steps_per_epoch + 1  # inside the second epoch
     with monkeypatch.context() as m:
@@ -89,7 +101,7 @@ def test_a_run_resumed_from_its_checkpoint_equals_the_uninterrupted_run(
 
     result = resume(run)
     assert (run / "run.json").is_file()
-    # sampling, slice choice and noise are functions of (seed, step); optimizer slots restored
+    # slice choice: (seed, step); sample and noise: (key, step); optimizer slots restored
     for a, b in zip(_weights(run), _weights(whole_run.run_dir), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     rep = _report(run)
@@ -223,3 +235,43 @@ def _n_units(prep: Path) -> int:
     from covidct.data.units import PrivacyUnit, load_units
 
     return len(load_units(prep, "train", PrivacyUnit.PATIENT))
+
+
+def test_plan_json_stores_sigma_and_a_resume_that_would_change_it_refuses(
+    prep, tmp_path, monkeypatch
+):
+    with monkeypatch.context() as m:
+        _crash_at(m, counted=2, after_count=False)
+        with pytest.raises(_Crash):
+            train(prep, config=CFG, target_epsilon=3.0, runs_dir=tmp_path, run_id="r")
+    run = tmp_path / "r"
+    path = run / "checkpoints" / "plan.json"
+    saved = json.loads(path.read_text())
+    plan = plan_privacy(n_units=_n_units(prep), config=CFG, target_epsilon=3.0)
+    assert saved["noise_multiplier"] == plan.noise_multiplier > 0
+    assert saved["sampling_rate"] == plan.sampling_rate and saved["delta"] == plan.delta
+    path.write_text(json.dumps({**saved, "noise_multiplier": saved["noise_multiplier"] * 1.01}))
+    with pytest.raises(checkpoint.ResumeError, match="trained with noise_multiplier"):
+        resume(run)
+    assert not (run / "run.json").exists()
+
+
+def test_a_resume_draws_a_fresh_key_and_leaves_none_on_disk(prep, tmp_path, monkeypatch):
+    drawn: list[RunSecret] = []
+    real = RunSecret.draw.__func__  # type: ignore[attr-defined]
+
+    def draw(cls):
+        drawn.append(real(cls))
+        return drawn[-1]
+
+    monkeypatch.setattr(RunSecret, "draw", classmethod(draw))
+    with monkeypatch.context() as m:
+        _crash_at(m, counted=3, after_count=True)
+        with pytest.raises(_Crash):
+            cfg = replace(CFG, epochs=1)
+            train(prep, config=cfg, target_epsilon=3.0, runs_dir=tmp_path, run_id="r")
+    resume(tmp_path / "r")
+    assert len(drawn) == 2 and drawn[0]._key != drawn[1]._key
+    files = [p for p in (tmp_path / "r").rglob("*") if p.is_file()]
+    for key in (s._key for s in drawn):
+        assert not any(key in p.read_bytes() or key.hex().encode() in p.read_bytes() for p in files)

@@ -10,6 +10,7 @@ from covidct.privacy.mechanism import DPGradient, DPSettings, group_clip_norms
 from covidct.privacy.modes import ClippingMode, ExecutionMode
 from covidct.privacy.stages import StageError, stage_groups
 from covidct.tfsetup import keras
+from tests.covidct.keys import known_secret
 
 
 def _model() -> keras.Model:
@@ -48,7 +49,7 @@ def test_each_stage_is_clipped_to_its_bound_and_the_unit_to_c(mode):
             clipping=ClippingMode.PER_LAYER,
         ),
         mode=mode,
-        seed=0,
+        secret=known_secret(0),
         layer_groups=groups,
     )
     bounds = group_clip_norms(

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from covidct.cli import main
+from covidct.privacy.secret import RunSecret
 from covidct.sweep import CURVE_COLUMNS, SweepError, parse_epsilons
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -41,9 +42,19 @@ def _sweep(prep: Path, out: Path, epsilons: str) -> int:
     )
 
 
-def test_sweep_writes_curves_plots_and_report_and_resumes(prep, tmp_path, capsys):
+def test_sweep_writes_curves_plots_and_report_and_resumes(prep, tmp_path, capsys, monkeypatch):
+    keys: list[bytes] = []
+    real = RunSecret.draw.__func__  # type: ignore[attr-defined]
+
+    def draw(cls):
+        s = real(cls)
+        keys.append(s._key)
+        return s
+
+    monkeypatch.setattr(RunSecret, "draw", classmethod(draw))
     out = tmp_path / "sweep"
     assert _sweep(prep, out, "2,inf") == 0
+    assert len(keys) == 2 and len(set(keys)) == 2  # every point its own secret key
     with (out / "curves.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
     assert tuple(rows[0]) == CURVE_COLUMNS
