@@ -365,7 +365,7 @@ def _unit_basis_warning(units: Units) -> str | None:
     from data_prep.deid import UnitBasis
 
     persons = sum(1 for b in units.bases if b == UnitBasis.DICOM_PATIENT_ID.value)
-    if persons == len(units):
+    if not units.bases or persons == len(units):
         return None
     kinds = sorted({UnitBasis(b).covers for b in units.bases if b in UnitBasis._value2member_map_})
     head = (
