@@ -22,10 +22,14 @@ demo: $(STAMP)
 		--labels $(DEMO)/cohort/labels.csv --out $(DEMO)/prep
 	$(BIN)/covidct train --config configs/demo.yaml --data $(DEMO)/prep --epsilon 3 \
 		--runs $(DEMO)/runs
+	$(BIN)/covidct sweep --config configs/demo.yaml --data $(DEMO)/prep --epsilons 1,3,8,inf \
+		--out $(DEMO)/runs/sweep --no-progress
 	@echo
-	@echo "Prepared data: $(DEMO)/prep (manifest.csv, prep_report.json)."
+	@echo "Prepared data: $(DEMO)/prep (manifest.csv, prep_report.json; features/ is the cache)."
 	@echo "Runs: $(DEMO)/runs/<run_id>/ (privacy_report.md, metrics.json, model.keras); the"
-	@echo "lines above name this run's folder."
+	@echo "lines above name the epsilon-3 run's folder. The sweep (epsilon 1, 3, 8 and the"
+	@echo "non-private baseline, on the same cached features): $(DEMO)/runs/sweep/sweep_report.md"
+	@echo "Dashboard: $(BIN)/covidct dashboard --runs $(DEMO)/runs"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -130,22 +130,28 @@ def curves_page(root: Path) -> None:
     base = frame[~frame["private"] & frame["patient_auc"].notna()]
     baseline = float(base["patient_auc"].mean()) if len(base) else None
     st.caption(
-        "Test-split patient AUC (mean over seeds, band = min to max). The dashed line is the "
-        "non-private baseline: the same model and schedule without DP."
+        "Test-split patient AUC (mean over seeds, band = min to max), one series per model and "
+        "batch size. The dashed line is the non-private baseline: the same model and data "
+        "without DP, at its own learning rate."
         if baseline is not None
         else "No non-private baseline yet: add `inf` to a sweep's --epsilons."
     )
     if len(private):
         agg = (
-            private.groupby(["epsilon_target", "batch_size"])["patient_auc"]
+            private.groupby(["model", "epsilon_target", "batch_size"])["patient_auc"]
             .agg(["mean", "min", "max"])
             .reset_index()
         )
-        agg["batch"] = agg["batch_size"].map(lambda b: f"batch {b:g}")
+        agg["batch"] = [
+            f"{m}, batch {'all (q = 1)' if b == 0 else f'{b:g}'}"
+            for m, b in zip(agg["model"], agg["batch_size"], strict=True)
+        ]
         st.subheader("Utility vs epsilon")
         st.altair_chart(_band_chart(agg, "epsilon_target", "batch", baseline, log=True))
         st.subheader("Utility vs logical batch size at fixed epsilon")
-        agg["epsilon"] = agg["epsilon_target"].map(lambda e: f"epsilon {e:g}")
+        agg["epsilon"] = [
+            f"{m}, epsilon {e:g}" for m, e in zip(agg["model"], agg["epsilon_target"], strict=True)
+        ]
         st.altair_chart(_band_chart(agg, "batch_size", "epsilon", baseline, log=True))
         st.subheader("Epsilon spent vs epoch")
         spent = [

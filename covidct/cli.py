@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, help="random seed (the cohort is deterministic)")
     s.add_argument("--formats", choices=["mixed", "dicom", "nifti"], help="file formats")
     s.add_argument("--workers", type=int, help="processes (0 = all cores)")
+    s.add_argument(
+        "--style",
+        choices=["a", "b"],
+        help="phantom generator: a (default) or b, another scanner, population and lesion look",
+    )
     _add_config_args(s)
 
     p = sub.add_parser("prepare", help="DICOM / NIfTI / slice images -> de-identified slices")
@@ -159,7 +164,7 @@ def _epsilon(text: str) -> float:
 
 
 def _cmd_synth(args: argparse.Namespace, cfg: Config) -> int:
-    from data_prep.synth import CohortFormat, write_cohort
+    from data_prep.synth import CohortFormat, PhantomStyle, write_cohort
 
     c = cfg.synth
     c = replace(
@@ -170,11 +175,12 @@ def _cmd_synth(args: argparse.Namespace, cfg: Config) -> int:
         seed=args.seed if args.seed is not None else c.seed,
         formats=CohortFormat(args.formats) if args.formats else c.formats,
         workers=args.workers if args.workers is not None else c.workers,
+        style=PhantomStyle(args.style) if args.style else c.style,
     )
     summary = write_cohort(args.out, c, progress=sys.stderr.isatty())
     print(
-        f"wrote {c.n_patients} synthetic patients ({c.n_slices} slices of {c.matrix}x{c.matrix}) "
-        f"to {summary.out_dir}; labels in {summary.out_dir / 'labels.csv'}"
+        f"wrote {c.n_patients} synthetic patients ({c.n_slices} slices of {c.matrix}x{c.matrix}, "
+        f"style {c.style.value}) to {summary.out_dir}; labels in {summary.out_dir / 'labels.csv'}"
     )
     return 0
 
@@ -333,7 +339,12 @@ def _cmd_train(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def _fmt3(x: object) -> str:
+    return f"{x:.3f}" if isinstance(x, int | float) else "n/a"
+
+
 def _cmd_sweep(args: argparse.Namespace, cfg: Config) -> int:
+    import math
     import time
 
     from covidct.config import to_dict
@@ -385,6 +396,14 @@ def _cmd_sweep(args: argparse.Namespace, cfg: Config) -> int:
     if bar is not None:
         bar.close()
     print(f"sweep {out}: {len(rows)} runs")
+    for row in sorted(rows, key=lambda r: float(r["epsilon_target"])):
+        eps = float(row["epsilon_target"])
+        what = "no DP (baseline)" if math.isinf(eps) else f"epsilon {eps:g}"
+        test, val = row.get("patient_auc"), row.get("validation_patient_auc")
+        print(
+            f"  {what:>18}: test patient AUC {_fmt3(test)}, validation {_fmt3(val)} "
+            f"({row['run_id']})"
+        )
     print(f"curves:  {out / 'curves.csv'}")
     print(f"report:  {out / 'sweep_report.md'}")
     return 0

@@ -100,6 +100,7 @@ def curves_rows(root: Path) -> list[dict[str, Any]]:
         audit = report.get("audit") or {}
         raw = {
             "run_id": run.name,
+            "model": cfg.get("model", ""),
             "epsilon_target": report.get("target_epsilon") or report.get("epsilon"),
             "epsilon_achieved": report.get("epsilon"),
             "batch_size": report.get("expected_batch_size"),
@@ -114,9 +115,11 @@ def curves_rows(root: Path) -> list[dict[str, Any]]:
 def _curve_row(r: dict[str, Any], sweep: str, run: Path) -> dict[str, Any]:
     target = _num(r.get("epsilon_target"))
     history = _load_json(run / "history.json") or []
+    model = r.get("model") or (_load_json(run / "run.json") or {}).get("model", "")
     return {
         "sweep": sweep,
         "run": r.get("run_id"),
+        "model": model,
         "epsilon_target": target,
         "private": target is not None and math.isfinite(target),
         "epsilon_achieved": _num(r.get("epsilon_achieved")),

@@ -20,16 +20,21 @@ import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from covidct.data.units import SliceStore, Units
+
+if TYPE_CHECKING:
+    from covidct.features.cache import FeatureStore
 
 __all__ = [
     "Chunk",
     "ClusterSpec",
     "augment_shift",
     "cluster_from_env",
+    "feature_loader",
     "partition",
     "replica_chunks",
     "rounds",
@@ -225,3 +230,35 @@ def store_loader(
         return x, mask, float(units.labels[u])
 
     return load, (k, size, size, 1)
+
+
+def feature_loader(
+    units: Units,
+    chosen: np.ndarray,
+    store: FeatureStore,
+    *,
+    k: int,
+    rng: np.random.Generator,
+) -> tuple[Callable[[int], UnitArrays], tuple[int, ...]]:
+    """``store_loader`` for a model on cached features: x is (k, side, side, channels).
+
+    The k slices of a unit with more than k are drawn as ``store_loader`` draws them.
+    """
+    shape = store.shape()
+    refs_of: dict[int, list[tuple[str, int]]] = {}
+    for u in chosen:
+        refs = units.slices[int(u)]
+        if len(refs) > k:
+            refs = [refs[i] for i in np.sort(rng.choice(len(refs), size=k, replace=False))]
+        refs_of[int(u)] = refs
+
+    def load(u: int) -> UnitArrays:
+        x = np.zeros((k, *shape), np.float32)
+        mask = np.zeros(k, np.float32)
+        refs = refs_of[u]
+        if refs:
+            x[: len(refs)] = store.inputs(refs)
+            mask[: len(refs)] = 1.0
+        return x, mask, float(units.labels[u])
+
+    return load, (k, *shape)

@@ -16,6 +16,7 @@ class PatientScore(enum.Enum):
     MEAN = "mean"
     MAX = "max"
     TOP3_MEAN = "top3-mean"  # robust to one noisy slice, still sensitive to focal disease
+    MEAN_LOGIT = "mean-logit"  # sigmoid of the mean slice logit (matches unit_loss mean-logit)
 
 
 def aggregate(probs: np.ndarray, how: PatientScore) -> float:
@@ -25,6 +26,9 @@ def aggregate(probs: np.ndarray, how: PatientScore) -> float:
         return float(probs.max())
     if how is PatientScore.TOP3_MEAN:
         return float(np.sort(probs)[-3:].mean())
+    if how is PatientScore.MEAN_LOGIT:
+        p = np.clip(probs.astype(np.float64), 1e-12, 1 - 1e-12)
+        return float(1.0 / (1.0 + np.exp(-np.mean(np.log(p) - np.log1p(-p)))))
     return float(probs.mean())
 
 

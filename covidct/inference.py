@@ -62,6 +62,7 @@ def load_bundle(run_dir: Path) -> ModelBundle:
     Raises:
         ModelLoadError: not a finished run, or its files are unreadable.
     """
+    import covidct.features  # noqa: F401  (registers the scattering layer of feature models)
     from covidct.tfsetup import keras
 
     if not (run_dir / "run.json").is_file():
@@ -116,7 +117,12 @@ def predict_scan(bundle: ModelBundle, slices: np.ndarray) -> ScanPrediction:
 
 
 def _last_feature_layer(model: Any) -> Any:
-    """The last layer with a spatial (H, W, C) output: where Grad-CAM looks."""
+    """Where Grad-CAM looks: a scattering model's maps (the fixed transform: the heat map shows
+    which positions' texture features pushed the logit up), else the last layer with a spatial
+    (H, W, C) output."""
+    names = {layer.name for layer in model.layers}
+    if "scattering" in names:
+        return model.get_layer("scattering")
     for layer in reversed(model.layers):
         shape = getattr(layer, "output_shape", None)
         if isinstance(shape, tuple) and len(shape) == 4 and shape[1] and shape[1] > 1:
@@ -134,11 +140,15 @@ def grad_cam(bundle: ModelBundle, slice_u8: np.ndarray) -> np.ndarray:
 
     model = bundle.model
     layer = _last_feature_layer(model)
-    tapped = keras.Model(model.inputs, [layer.output, model.output])
+    # two halves around the feature map, so the gradient is taken at the map itself (a tapped
+    # model that returns an intermediate output gives no gradient through a custom layer's output)
+    lower = keras.Model(model.inputs, layer.output)
+    upper = keras.Model(layer.output, model.output)
     x = tf.constant(slice_u8.astype(np.float32)[None, ..., None] / 255.0)
+    fmap = lower(x, training=False)
     with tf.GradientTape() as tape:
-        fmap, logit = tapped(x, training=False)
-        target = logit[:, 0]
+        tape.watch(fmap)
+        target = upper(fmap, training=False)[:, 0]
     grads = tape.gradient(target, fmap)
     weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
     cam = tf.nn.relu(tf.reduce_sum(weights * fmap, axis=-1))[0]

@@ -53,6 +53,7 @@ class SweepPoint:
 
 CURVE_COLUMNS = (
     "run_id",
+    "model",
     "epsilon_target",
     "epsilon_achieved",
     "delta",
@@ -219,11 +220,13 @@ def collect_rows(out: Path, points: Sequence[SweepPoint]) -> list[dict[str, Any]
             continue
         report = json.loads((run / "privacy_report.json").read_text())
         metrics = json.loads((run / "metrics.json").read_text())
+        meta = json.loads((run / "run.json").read_text())
         audit = report.get("audit") or {}
         p, s = metrics["patient"], metrics["slice"]
         rows.append(
             {
                 "run_id": point.run_id,
+                "model": meta.get("model", ""),
                 "epsilon_target": point.epsilon,
                 "epsilon_achieved": _num(report["epsilon"]),
                 "delta": report["delta"],
@@ -284,7 +287,8 @@ def sweep_report(rows: list[dict[str, Any]], spec: dict[str, Any]) -> str:
         f"{', '.join(str(e) for e in spec['epsilons'])}; logical batch sizes "
         f"{', '.join(str(b) for b in spec['batch_sizes'])}; {spec['seeds']} seed(s) each. "
         "`inf` is the non-private baseline: the same model, schedule and data without clipping "
-        "or noise.",
+        "or noise, at its own learning rate (train.baseline_learning_rate: unclipped gradients "
+        "have another scale).",
         "",
         "## Read this before choosing a configuration",
         "",

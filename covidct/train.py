@@ -29,7 +29,7 @@ from covidct.data.units import (
     load_units,
     slice_settings,
 )
-from covidct.distributed import replica_chunks, store_loader
+from covidct.distributed import feature_loader, replica_chunks, store_loader
 from covidct.evaluate import Predictions, auc_or_nan, split_metrics
 from covidct.privacy import accounting, ledger
 from covidct.privacy.accounting import Sampling
@@ -65,7 +65,8 @@ def plan_privacy(*, n_units: int, config: TrainConfig, target_epsilon: float) ->
             an epsilon that needs absurd noise.
     """
     dp = math.isfinite(target_epsilon)
-    q = min(1.0, config.batch_size / max(n_units, 1))
+    batch = config.batch_size or n_units  # 0: every unit every step (full-batch DP-GD, q = 1)
+    q = min(1.0, batch / max(n_units, 1))
     steps_per_epoch = max(1, round(1.0 / q))
     steps = config.epochs * steps_per_epoch
     delta = config.delta or accounting.default_delta(n_units)
@@ -73,7 +74,7 @@ def plan_privacy(*, n_units: int, config: TrainConfig, target_epsilon: float) ->
         target_epsilon=target_epsilon if dp else None,
         delta=delta,
         n_units=n_units,
-        expected_batch_size=config.batch_size,
+        expected_batch_size=batch,
         steps=steps,
     )
     sigma = 0.0
@@ -205,8 +206,12 @@ def train(
 
     say = on_event or (lambda msg: logger.info(msg))
     t0 = time.perf_counter()
+    if math.isinf(target_epsilon) and config.baseline_learning_rate:
+        # unclipped gradients have another scale: the baseline has its own tuned rate
+        config = replace(config, learning_rate=config.baseline_learning_rate)
     train_units, val, test = _load_splits(prep, config)
     _check_clipping(config)
+    _check_model(config)
     if config.initial_weights and not Path(config.initial_weights).is_file():
         raise DataError(
             f"initial weights {config.initial_weights} not found: give the path of a weights "
@@ -394,6 +399,33 @@ def _check_clipping(config: TrainConfig) -> None:
         )
 
 
+def _check_model(config: TrainConfig) -> None:
+    """Settings that a model on fixed features cannot honour fail before anything is counted."""
+    from covidct.config import ConfigError
+    from covidct.models import feature_spec
+
+    if not 0.0 <= config.ema < 1.0:
+        raise ConfigError(f"train.ema must be in [0, 1), got {config.ema}")
+    if feature_spec(config.model) is None:
+        return
+    cnn = "or choose a CNN that learns from slices (--set train.model=gn_cnn_small)"
+    if config.augment:
+        raise ConfigError(
+            f"train.augment flips and shifts slices, but model {config.model!r} trains on cached "
+            f"features of the unaugmented slices: set train.augment false, {cnn}"
+        )
+    if config.pipeline_stages:
+        raise ConfigError(
+            f"train.pipeline_stages splits a deep model across IPUs; {config.model!r} trains one "
+            f"small layer: set train.pipeline_stages 0, {cnn}"
+        )
+    if config.initial_weights:
+        raise ConfigError(
+            f"train.initial_weights loads a CNN's weights; {config.model!r} has a fixed transform "
+            f"and a head trained from scratch: leave train.initial_weights empty, {cnn}"
+        )
+
+
 def _pipeline_ipus(config: TrainConfig) -> int:
     """IPUs to select for a private run: one per pipeline stage with per-stage clipping
     (``covidct.ipu_pipeline`` maps stage s to IPU s), else 1. Non-private runs take one."""
@@ -453,7 +485,7 @@ def _fit(
     job: _Job, device: Any, *, saved: checkpoint.SavedState | None, counted: int, stop_at: int
 ) -> RunResult:
     """Train from ``saved`` (or from scratch) until step ``stop_at``, then finish the run."""
-    from covidct.models import build_model, validate_model
+    from covidct.models import build_head, build_model, feature_spec, validate_model
     from covidct.privacy.mechanism import DPGradient, DPSettings
     from covidct.privacy.secret import RunSecret
     from covidct.tfsetup import keras
@@ -465,9 +497,15 @@ def _fit(
     execution = resolve_execution(config.execution, device.kind)
     say(f"device {device.describe()}; execution mode {execution.value}")
     size = image_size(job.prep)
-    store = SliceStore(job.prep)
+    fspec = feature_spec(config.model)
+    store: Any = SliceStore(job.prep)
+    if fspec is not None:
+        store, mean, variance = _feature_store(job, fspec)
     with device.strategy.scope():
-        model = build_model(config.model, input_size=size, seed=config.seed)
+        if fspec is not None:
+            model = build_head(config.model, mean=mean, variance=variance)
+        else:
+            model = build_model(config.model, input_size=size, seed=config.seed)
         validate_model(model)
         if config.initial_weights and saved is None:
             _load_initial_weights(model, Path(config.initial_weights))
@@ -513,12 +551,19 @@ def _fit(
                 jit_compile=device.jit_compile,
                 runner=device.run,
             )
+    if plan.dp:
+        say(noise_to_signal(plan, _trainable_count(model)))
     loop = checkpoint.LoopState()
     best_weights = model.get_weights()
+    # the exponential moving average of the weights (De et al. 2022): post-processing of the
+    # noisy iterates, so it costs no privacy; validation, the best epoch and the saved model use it
+    ema = Ema(config.ema, model.get_weights())
     if saved is not None:
         model.set_weights(saved.weights)
-        for var, value in zip(optimizer.variables, saved.optimizer, strict=True):
+        n_opt = len(optimizer.variables)
+        for var, value in zip(optimizer.variables, saved.optimizer[:n_opt], strict=True):
             var.assign(value)
+        ema.restore(saved.optimizer[n_opt:], model.get_weights())
         best_weights, loop = saved.best_weights, saved.loop
         loop.attempts += 1
     sampler: PoissonSampler | ShuffledSampler
@@ -540,7 +585,8 @@ def _fit(
         checkpoint.save_state(
             run,
             weights=model.get_weights(),
-            optimizer=[v.numpy() for v in optimizer.variables],
+            # the EMA travels after the optimizer's slots (empty without EMA)
+            optimizer=[v.numpy() for v in optimizer.variables] + ema.state(),
             best_weights=best_weights,
             loop=loop,
         )
@@ -548,6 +594,7 @@ def _fit(
     def end_epoch(epoch: int) -> None:
         """Validate after ``epoch`` (1-based), keep the best weights, decide early stopping."""
         nonlocal best_weights
+        live = ema.swap_in(model)
         val_pred = predict(model, job.val, store)
         _, v_labels, v_scores = val_pred.by_patient(config.patient_score)
         val_auc = auc_or_nan(v_labels, v_scores)
@@ -574,6 +621,7 @@ def _fit(
                     "counts every planned step: the stopping rule is not part of the mechanism)"
                 )
                 loop.done = True
+        ema.swap_out(model, live)
 
     bar = _bar(plan.steps, job.progress, initial=first_step)
     loss_sum, loss_n = 0.0, 0
@@ -587,14 +635,23 @@ def _fit(
         if chief:
             checkpoint.count_step(run, counted)
         chosen = sampler.sample(step)  # the same global sample on every worker
-        load, shape = store_loader(
-            job.train_units,
-            chosen,
-            store,
-            k=config.max_slices_per_unit,
-            rng=_slice_rng(config.seed, step),
-            augment=config.augment,
-        )
+        if fspec is not None:
+            load, shape = feature_loader(
+                job.train_units,
+                chosen,
+                store,
+                k=config.max_slices_per_unit,
+                rng=_slice_rng(config.seed, step),
+            )
+        else:
+            load, shape = store_loader(
+                job.train_units,
+                chosen,
+                store,
+                k=config.max_slices_per_unit,
+                rng=_slice_rng(config.seed, step),
+                augment=config.augment,
+            )
         rounds = replica_chunks(
             chosen,
             load,
@@ -604,6 +661,7 @@ def _fit(
             shape=shape,
         )
         batch_loss = dp.run_batch(rounds, optimizer, step=step, read_loss=show_loss)
+        ema.update(model)
         if batch_loss is not None:
             loss_sum += batch_loss
             loss_n += 1
@@ -629,6 +687,8 @@ def _fit(
     save_checkpoint()  # a crash while finishing resumes straight to finishing
     if config.restore_best:
         model.set_weights(best_weights)
+    else:
+        ema.swap_in(model)  # the last epoch's averaged weights
     if not chief:
         say(f"worker {device.worker_index} done: worker 0 writes the run")
         seconds = time.perf_counter() - job.t0
@@ -639,7 +699,7 @@ def _fit(
 def _finish(
     job: _Job,
     model: Any,
-    store: SliceStore,
+    store: Any,
     device: Any,
     execution: str,
     loop: checkpoint.LoopState,
@@ -653,7 +713,14 @@ def _finish(
     test_pred = predict(model, job.test, store)
     metrics = split_metrics(test_pred, val_pred, config.patient_score)
     metrics["validation_patient_auc_best"] = loop.best_auc
-    _save_model(model, run)
+    fspec = _features_of(config)
+    if fspec is not None:
+        from covidct.models import assemble
+
+        # the saved model takes slices: the fixed transform in front of the trained head
+        _save_model(assemble(model, image_size=image_size(job.prep), spec=fspec), run)
+    else:
+        _save_model(model, run)
 
     steps_repeated = counted - loop.next_step
     # an early stop ends training sooner, but the planned steps are what the mechanism ran
@@ -670,6 +737,8 @@ def _finish(
         released=_released(job),
         initial_weights_sha256=start_sha,
     )
+    if fspec is not None:
+        report = replace(report, notes=[*report.notes, _standardisation_note(job)])
     say("auditing: membership inference on training vs held-out patients")
     audit = _audit(model, job.train_units, store, [val_pred, test_pred], report)
     write_json(run, "audit.json", audit)
@@ -700,12 +769,141 @@ def _finish(
             "initial_weights": (
                 {"file": config.initial_weights, "sha256": start_sha} if start_sha else None
             ),
+            # a model on fixed features: what the transform was (the saved model contains it)
+            "features": _features_record(job.prep, fspec),
             # data-parallel replicas (all workers); the noise is drawn once per logical batch
             "replicas": device.num_replicas,
             "workers": device.num_workers,
         },
     )
     return RunResult(run, report, metrics, device.describe(), execution, seconds)
+
+
+def _features_of(config: TrainConfig) -> Any:
+    from covidct.models import feature_spec
+
+    return feature_spec(config.model)
+
+
+def _features_record(prep: Path, fspec: Any) -> dict[str, Any] | None:
+    if fspec is None:
+        return None
+    from dataclasses import asdict
+
+    from covidct.features.scattering import KYMATIO_VERSION
+
+    return {
+        "transform": "scattering2d",
+        "kymatio": KYMATIO_VERSION,
+        **asdict(fspec),
+        "cache_key": fspec.key(slice_settings(prep)),
+    }
+
+
+def _standardisation_note(job: _Job) -> str:
+    return (
+        "The model's features are a fixed scattering transform of each slice (no training "
+        "data involved). Before training they were standardised per channel with the mean and "
+        f"variance of the {len(job.val)} validation patients' features, never the private "
+        "training patients'. Like the choice of the best epoch and of the threshold, this uses "
+        "the validation patients without noise: the guarantee covers the training patients only."
+    )
+
+
+def _feature_store(job: _Job, spec: Any) -> tuple[Any, Any, Any]:
+    """Cached features of every split (computed on first use) and the standardisation constants,
+    estimated from the validation patients only."""
+    from covidct.features.cache import FeatureStore, ensure_features, feature_stats
+
+    files = {
+        f
+        for units in (job.train_units, job.val, job.test)
+        for refs in units.slices
+        for f, _ in refs
+    }
+    marks: set[int] = set()
+
+    def progress(done: int, total: int) -> None:
+        tenth = 10 * done // total
+        if tenth not in marks and tenth in (2, 5, 8):
+            marks.add(tenth)
+            job.say(f"features: {done}/{total} scans")
+
+    job.say(
+        f"features: scattering (J={spec.j}, L={spec.angles}) of every slice, cached in the "
+        "prepared folder"
+    )
+    stats = ensure_features(job.prep, spec, sorted(files), progress=progress)
+    job.say(
+        f"features: {stats.slices_computed} slices of {stats.computed_volumes} scans computed in "
+        f"{stats.seconds:.0f} s, {stats.reused_volumes} scans reused from {stats.folder}"
+    )
+    store = FeatureStore(job.prep, spec)
+    mean, variance = feature_stats(store, [r for refs in job.val.slices for r in refs])
+    return store, mean, variance
+
+
+def _trainable_count(model: Any) -> int:
+    return int(sum(int(np.prod(v.shape)) for v in model.trainable_variables))
+
+
+def noise_to_signal(plan: PrivacyPlan, trainable: int) -> str:
+    """The noise in one averaged update against its clipped signal, for ``trainable`` parameters.
+
+    The update is (sum of clipped unit gradients + N(0, sigma^2 C^2 I_d)) / (q N): the signal has
+    norm at most C, the noise about sigma C sqrt(d) / (q N).
+    """
+    qn = plan.expected_batch_size
+
+    def ratio(d: float) -> float:
+        return plan.noise_multiplier * math.sqrt(d) / qn
+
+    r = ratio(trainable)
+    text = (
+        f"noise-to-signal per step: sigma*sqrt(d)/(qN) = {plan.noise_multiplier:.3g} x "
+        f"sqrt({trainable}) / {qn:.0f} = {r:.2f} (noise norm per unit of clipped signal, d = "
+        f"trainable parameters); at this N a 23 k-parameter CNN would have {ratio(23_000):.2f}"
+    )
+    if r > 1:
+        text += (
+            ": each update is mostly noise. Fewer trainable parameters (the default scattering "
+            "model), more patients or a larger epsilon help."
+        )
+    return text
+
+
+class Ema:
+    """Exponential moving average of a model's weights; decay 0 = off (the live weights)."""
+
+    def __init__(self, decay: float, weights: list[np.ndarray]) -> None:
+        self.decay = decay
+        self.avg = [np.array(w, copy=True) for w in weights] if decay else []
+
+    def update(self, model: Any) -> None:
+        if self.decay:
+            d = self.decay
+            self.avg = [
+                d * a + (1 - d) * w for a, w in zip(self.avg, model.get_weights(), strict=True)
+            ]
+
+    def state(self) -> list[np.ndarray]:
+        return list(self.avg)
+
+    def restore(self, arrays: list[np.ndarray], weights: list[np.ndarray]) -> None:
+        if self.decay:
+            self.avg = list(arrays) if arrays else [np.array(w, copy=True) for w in weights]
+
+    def swap_in(self, model: Any) -> list[np.ndarray] | None:
+        """Put the average into ``model``; returns the live weights (None when off)."""
+        if not self.decay:
+            return None
+        live = model.get_weights()
+        model.set_weights(self.avg)
+        return live
+
+    def swap_out(self, model: Any, live: list[np.ndarray] | None) -> None:
+        if live is not None:
+            model.set_weights(live)
 
 
 def _privacy_report(
@@ -816,8 +1014,11 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def predict(model: Any, units: Units, store: SliceStore, *, batch: int = 256) -> Predictions:
-    """Slice probabilities for every slice of ``units`` (inference mode)."""
+def predict(model: Any, units: Units, store: Any, *, batch: int = 256) -> Predictions:
+    """Slice probabilities for every slice of ``units`` (inference mode).
+
+    ``store``: a ``SliceStore`` for a model on slices, a ``FeatureStore`` for a feature head.
+    """
     refs = [
         (units.patients[u], units.labels[u], ref)
         for u in range(len(units))
@@ -826,10 +1027,7 @@ def predict(model: Any, units: Units, store: SliceStore, *, batch: int = 256) ->
     probs = np.empty(len(refs), np.float32)
     for start in range(0, len(refs), batch):
         part = refs[start : start + batch]
-        x = (
-            np.stack([store.get(f, i) for _, _, (f, i) in part]).astype(np.float32)[..., None]
-            / 255.0
-        )
+        x = store.inputs([ref for _, _, ref in part])
         logits = model(x, training=False).numpy()[:, 0]
         probs[start : start + len(part)] = 1.0 / (1.0 + np.exp(-logits))
     return Predictions(
@@ -904,6 +1102,8 @@ def audit_run(run_dir: Path) -> dict[str, Any]:
     unit = PrivacyUnit(meta.get("privacy_unit", PrivacyUnit.PATIENT.value))
     train_units = load_units(prep, "train", unit)
     store = SliceStore(prep)
+    import covidct.features  # noqa: F401  (registers the scattering layer of feature models)
+
     model = keras.models.load_model(run_dir / "model.keras", compile=False)
     held_out = [
         predict(model, load_units(prep, split, PrivacyUnit.PATIENT), store)
@@ -941,7 +1141,8 @@ def _describe_plan(plan: PrivacyPlan, config: TrainConfig) -> str:
     if not plan.dp:
         return (
             f"NO differential privacy (baseline): {plan.n_units} {unit} units, "
-            f"batch ~{plan.expected_batch_size:.0f}, {plan.steps} steps"
+            f"batch ~{plan.expected_batch_size:.0f}, {plan.steps} steps, learning rate "
+            f"{config.learning_rate:g}"
         )
     return (
         f"target epsilon {plan.target_epsilon:g} at delta {plan.delta:.0e} for each {unit}: "

@@ -13,11 +13,15 @@ Coordinates: world is DICOM patient space (LPS, mm); the volume is in the canoni
 Internally, anatomy is described in patient coordinates ``u`` (toward Left), ``v`` (toward
 Posterior), both centred on the body and rotated by a small per-patient angle, and ``h``, the
 height along the lungs (0 at the lowest lung recess, 1 at the apex).
+
+Two styles (:class:`PhantomStyle`) draw from different distributions, like two hospitals with
+their own scanners and patients: a model that only works on one has learned the generator.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import logging
 import math
 from dataclasses import dataclass, field
@@ -39,6 +43,149 @@ _VESSEL_STEP_MM, _TEXTURE_STEP_MM = 4.0, 7.0
 HU_AIR, HU_FAT, HU_MUSCLE, HU_SOFT, HU_BLOOD = -1000.0, -95.0, 50.0, 40.0, 40.0
 
 
+class PhantomStyle(enum.Enum):
+    """Which generator draws the phantoms: two "sites" with their own scanner and population.
+
+    A classifier that only works on one of them has learned the generator, not the disease.
+    """
+
+    A = "a"  # the original generator (its output never changes for a given seed)
+    B = "b"  # another site: see STYLE_B
+
+
+Range = tuple[float, float]
+
+
+@dataclass(frozen=True)
+class StyleParams:
+    """The distributions one style draws from (uniform ranges ``(low, high)``).
+
+    A range with ``low == high`` is a constant and draws nothing from the generator: style A's
+    stream of random numbers, hence its output, stays exactly what it was before styles existed.
+    """
+
+    # population and field of view
+    body_a: Range  # left-right body semi-axis, mm
+    fat_fraction: Range  # subcutaneous fat / antero-posterior semi-axis
+    fov: Range  # reconstruction field of view, mm ...
+    body_fill: float  # ... widened so that the body is at most this fraction of it
+    # scan range, slices and breathing
+    lung_height: Range  # lung height / (190 mm + 0.55 body_a)
+    extent: Range  # scanned z range / lung height
+    thickness: Range  # slice thickness / slice spacing (below 1: gaps between slices)
+    inspiration: Range  # 1 = deep breath: darker lungs, lower diaphragm
+    # scanner
+    noise_sd: Range  # HU
+    noise_smooth: float  # pixels: Gaussian correlation of the noise ...
+    noise_highpass: float  # ... minus its own blur at this sigma (0 = off): grainy texture
+    psf_sigma: Range  # pixels
+    sharpen: Range  # unsharp-mask gain of the reconstruction kernel (0 = smooth kernel)
+    sharpen_sigma: float  # pixels
+    # COVID-19 findings
+    peripheral_mm: float  # patch centres lie this close to the chest wall
+    count_mild: tuple[int, int]  # patches per lung, [low, high)
+    count_severe: tuple[int, int]
+    diameter_mild: Range  # mm
+    diameter_severe: Range
+    lobes: tuple[int, int]  # ellipsoids per patch, inclusive (more than one: lobulated)
+    ggo_hu_mild: Range
+    ggo_hu_severe: Range
+    core_prob: Range  # (mild, severe): probability of a consolidated core
+    core_hu: Range
+    core_radius: Range  # radius units; (0, 0): the core is where the patch is densest
+    paving_prob: Range  # (mild, severe): probability of crazy-paving reticulation
+    paving_freq: float  # rad/mm: septal lines every pi / paving_freq mm
+    paving_hu: float
+    edge_width: float  # soft edge, in units of the radius
+    edge_mod: float  # boundary shift by the smooth field, in units of the radius
+    # confounders, same distribution for both classes
+    atel_thick: Range  # dependent atelectasis at the base, mm
+    plates: float  # mean number of plate-like (discoid) atelectases
+    nodules: float  # mean number of nodules
+    ggn_fraction: float  # share of nodules that are ground-glass nodules
+
+
+STYLE_A = StyleParams(
+    body_a=(140.0, 178.0),
+    fat_fraction=(0.03, 0.16),
+    fov=(340.0, 420.0),
+    body_fill=0.86,
+    lung_height=(0.8, 0.95),
+    extent=(1.08, 1.22),
+    thickness=(1.0, 1.0),
+    inspiration=(0.0, 1.0),
+    noise_sd=(10.0, 25.0),
+    noise_smooth=0.6,
+    noise_highpass=0.0,
+    psf_sigma=(0.35, 0.7),
+    sharpen=(0.0, 0.0),
+    sharpen_sigma=1.5,
+    peripheral_mm=25.0,
+    count_mild=(1, 4),
+    count_severe=(4, 9),
+    diameter_mild=(24.0, 52.0),
+    diameter_severe=(35.0, 90.0),
+    lobes=(1, 1),
+    ggo_hu_mild=(-620.0, -380.0),
+    ggo_hu_severe=(-600.0, -300.0),
+    core_prob=(0.0, 0.5),
+    core_hu=(-100.0, 30.0),
+    core_radius=(0.0, 0.0),
+    paving_prob=(0.0, 0.6),
+    paving_freq=0.32,
+    paving_hu=140.0,
+    edge_width=0.35,
+    edge_mod=0.3,
+    atel_thick=(4.0, 26.0),
+    plates=0.0,
+    nodules=1.5,
+    ggn_fraction=0.0,
+)
+
+# Another site: larger patients reconstructed in a tighter field of view, deeper inspiration,
+# thinner slices with gaps (HRCT-like), a sharp kernel (edge overshoot) with grainy noise, and
+# fainter, lobulated, more often reticulated ground glass; plate atelectasis and ground-glass
+# nodules in both classes.
+STYLE_B = dataclasses.replace(
+    STYLE_A,
+    body_a=(150.0, 195.0),
+    fat_fraction=(0.04, 0.15),
+    fov=(320.0, 380.0),
+    body_fill=0.94,
+    lung_height=(0.88, 1.02),
+    extent=(1.04, 1.14),
+    thickness=(0.5, 0.75),
+    inspiration=(0.4, 1.3),
+    noise_sd=(25.0, 40.0),
+    noise_smooth=0.4,
+    noise_highpass=1.5,
+    psf_sigma=(0.45, 0.65),
+    sharpen=(0.5, 0.9),
+    peripheral_mm=35.0,
+    count_mild=(2, 5),
+    count_severe=(5, 10),
+    diameter_mild=(16.0, 36.0),
+    diameter_severe=(28.0, 70.0),
+    lobes=(2, 4),
+    ggo_hu_mild=(-740.0, -500.0),
+    ggo_hu_severe=(-700.0, -420.0),
+    core_prob=(0.1, 0.7),
+    core_hu=(-120.0, 40.0),
+    core_radius=(0.3, 0.6),
+    paving_prob=(0.5, 0.9),
+    paving_freq=0.52,
+    paving_hu=160.0,
+    edge_width=0.2,
+    edge_mod=0.45,
+    atel_thick=(3.0, 20.0),
+    plates=1.2,
+    nodules=2.0,
+    ggn_fraction=0.3,
+)
+
+STYLES = {PhantomStyle.A: STYLE_A, PhantomStyle.B: STYLE_B}
+
+
 @dataclass(frozen=True)
 class Lesion:
     """One ellipsoidal ground-glass patch (world mm, LPS), optionally with a consolidated core."""
@@ -49,6 +196,21 @@ class Lesion:
     target_hu: float
     core_hu: float | None = None
     paving: bool = False
+    paving_freq: float = 0.32  # rad/mm
+    paving_hu: float = 140.0
+    edge_width: float = 0.35  # radius units
+    edge_mod: float = 0.3
+    core_radius: float | None = None  # radius units; None: the core is where alpha > 0.75
+
+
+@dataclass(frozen=True)
+class Plate:
+    """Plate-like (discoid) atelectasis: a thin dense band in the lung (world mm, LPS)."""
+
+    center: tuple[float, float, float]
+    radii: tuple[float, float, float]  # long in-plane, thin in-plane, along z
+    angle: float
+    hu: float
 
 
 @dataclass(frozen=True)
@@ -74,6 +236,8 @@ class Phantom:
         lung_mask: bool (z, y, x), voxels at least half lung (truth for tests and demos).
         lesion_mask: bool (z, y, x), lung-mask voxels at least ``LESION_TRUTH_FRACTION``
             ground glass; ``lesion_slices`` is its projection on z.
+        slice_thickness: mm; equals ``spacing[0]`` unless the style leaves gaps.
+        style: the generator that drew it.
     """
 
     hu: np.ndarray
@@ -84,6 +248,8 @@ class Phantom:
     burden: str
     lung_mask: np.ndarray | None = field(default=None, repr=False)
     lesion_mask: np.ndarray | None = field(default=None, repr=False)
+    slice_thickness: float | None = None
+    style: PhantomStyle = PhantomStyle.A
 
     @property
     def affine(self) -> np.ndarray:
@@ -136,8 +302,11 @@ class _Params:
     effusion: tuple[float, float]  # right, left thickness at the base (0 = none)
     noise_sd: float
     psf_sigma: float
+    thickness: float  # slice thickness, mm (== spacing[0] for contiguous slices)
+    sharpen: float
     lesions: tuple[Lesion, ...] = ()
     nodules: tuple[Nodule, ...] = ()
+    plates: tuple[Plate, ...] = ()
 
     @property
     def lung_sides(self) -> tuple[tuple[int, float], ...]:
@@ -149,20 +318,26 @@ def _grid64(value: float) -> float:
     return round(value * 64.0) / 64.0
 
 
-def _draw_params(rng: np.random.Generator, n_slices: int, matrix: int) -> _Params:
+def _maybe(rng: np.random.Generator, bounds: Range) -> float:
+    """A uniform draw, or the constant without touching the generator when low == high."""
+    lo, hi = bounds
+    return lo if lo == hi else float(rng.uniform(lo, hi))
+
+
+def _draw_params(rng: np.random.Generator, n_slices: int, matrix: int, s: StyleParams) -> _Params:
     u = rng.uniform
-    body_a = u(140.0, 178.0)
+    body_a = u(*s.body_a)
     body_b = body_a * u(0.66, 0.8)
-    fov = max(u(340.0, 420.0), 2.0 * body_a / 0.86)
-    fat = body_b * u(0.03, 0.16)  # thicker fat comes with a larger body
+    fov = max(u(*s.fov), 2.0 * body_a / s.body_fill)
+    fat = body_b * u(*s.fat_fraction)  # thicker fat comes with a larger body
     muscle = u(5.0, 10.0)
     rib_thick = u(8.0, 10.0)
     wall = fat + muscle + rib_thick
     cav_v = -u(4.0, 10.0)
     cav_a = body_a - wall
     cav_b = body_b - wall - abs(cav_v)
-    lung_height = u(0.8, 0.95) * (190.0 + 0.55 * body_a)
-    extent = lung_height * u(1.08, 1.22)
+    lung_height = u(*s.lung_height) * (190.0 + 0.55 * body_a)
+    extent = lung_height * u(*s.extent)
     base_margin = u(0.35, 0.75) * (extent - lung_height)
     # Geometry on a 1/64 mm grid: exact in float32 (NIfTI) and in short DICOM decimal strings,
     # so every reader recovers the same world position for every voxel.
@@ -177,7 +352,7 @@ def _draw_params(rng: np.random.Generator, n_slices: int, matrix: int) -> _Param
         _grid64(z_start + dz / 2),
     )
     centre = (origin[0] - d_in / 2 + fov / 2, origin[1] - d_in / 2 + fov / 2)
-    inspiration = u(0.0, 1.0)  # 1 = deep breath: darker, larger lungs; shallow: denser lungs
+    inspiration = u(*s.inspiration)  # 1 = deep breath: darker, larger lungs; shallow: denser
     vert_r = u(15.0, 20.0)
     return _Params(
         shape=(n_slices, matrix, matrix),
@@ -211,15 +386,18 @@ def _draw_params(rng: np.random.Generator, n_slices: int, matrix: int) -> _Param
         gravity=u(10.0, 90.0),
         texture_sd=u(12.0, 28.0),
         vessel_w=u(0.10, 0.18),
-        atel_thick=0.0 if rng.random() < 0.15 else u(4.0, 26.0),
+        atel_thick=0.0 if rng.random() < 0.15 else u(*s.atel_thick),
         atel_top=u(0.35, 0.75),
         atel_hu=u(-450.0, 20.0),
         effusion=(
             u(8.0, 35.0) if rng.random() < 0.1 else 0.0,
             u(8.0, 35.0) if rng.random() < 0.1 else 0.0,
         ),
-        noise_sd=u(10.0, 25.0),
-        psf_sigma=u(0.35, 0.7),
+        noise_sd=u(*s.noise_sd),
+        psf_sigma=u(*s.psf_sigma),
+        # Drawn last and only where the style varies them (style A's stream is unchanged).
+        thickness=_grid64(dz * _maybe(rng, s.thickness)),
+        sharpen=_maybe(rng, s.sharpen),
     )
 
 
@@ -409,50 +587,89 @@ def _sample_lung_points(
 
 
 def _draw_findings(
-    anat: _Anatomy, rng: np.random.Generator, *, positive: bool, burden: str
-) -> tuple[tuple[Lesion, ...], tuple[Nodule, ...]]:
+    anat: _Anatomy, rng: np.random.Generator, *, positive: bool, burden: str, s: StyleParams
+) -> tuple[tuple[Lesion, ...], tuple[Nodule, ...], tuple[Plate, ...]]:
+    u = rng.uniform
     lesions: list[Lesion] = []
     if positive:
         severe = burden == "severe"
         for sign in (-1, 1):  # bilateral: both lungs
-            count = int(rng.integers(4, 9)) if severe else int(rng.integers(1, 4))
-            pts = _sample_lung_points(anat, rng, 64, peripheral=25.0)
+            count = int(rng.integers(*(s.count_severe if severe else s.count_mild)))
+            pts = _sample_lung_points(anat, rng, 64, peripheral=s.peripheral_mm)
             uu, _ = anat.patient_uv(pts[:, 0], pts[:, 1])
             pts = pts[uu * sign > 0][:count]
             for x, y, z in pts:
-                d = rng.uniform(35.0, 90.0) if severe else rng.uniform(24.0, 52.0)
+                d = u(*s.diameter_severe) if severe else u(*s.diameter_mild)
                 r = d / 2
-                core = None
-                if severe and rng.random() < 0.5:
-                    core = float(rng.uniform(-100.0, 30.0))
-                lesions.append(
-                    Lesion(
-                        center=(float(x), float(y), float(z)),
-                        radii=(r, r * rng.uniform(0.7, 1.0), r * rng.uniform(0.7, 1.0)),
-                        angle=float(rng.uniform(0, math.pi)),
-                        target_hu=float(
-                            rng.uniform(-600.0, -300.0) if severe else rng.uniform(-620.0, -380.0)
-                        ),
-                        core_hu=core,
-                        paving=bool(severe and rng.random() < 0.6),
-                    )
+                core, core_radius = None, None
+                p_core = s.core_prob[int(severe)]
+                if p_core > 0 and rng.random() < p_core:
+                    core = float(u(*s.core_hu))
+                    if s.core_radius != (0.0, 0.0):
+                        core_radius = _maybe(rng, s.core_radius)
+                radii = (r, r * u(0.7, 1.0), r * u(0.7, 1.0))
+                angle = float(u(0, math.pi))
+                target = float(u(*s.ggo_hu_severe) if severe else u(*s.ggo_hu_mild))
+                p_paving = s.paving_prob[int(severe)]
+                main = Lesion(
+                    center=(float(x), float(y), float(z)),
+                    radii=radii,
+                    angle=angle,
+                    target_hu=target,
+                    core_hu=core,
+                    paving=bool(p_paving > 0 and rng.random() < p_paving),
+                    paving_freq=s.paving_freq,
+                    paving_hu=s.paving_hu,
+                    edge_width=s.edge_width,
+                    edge_mod=s.edge_mod,
+                    core_radius=core_radius,
                 )
-    # Nodules: same distribution for both classes (a confounder, never evidence).
-    n_nod = int(rng.poisson(1.5))
+                lesions.append(main)
+                lo, hi = s.lobes
+                n_lobes = lo if lo == hi else int(rng.integers(lo, hi + 1))
+                # Lobulated patch: smaller lobes budding off the first one, same density.
+                for _ in range(n_lobes - 1):
+                    phi, off, rl = u(0, 2 * math.pi), r * u(0.5, 0.9), r * u(0.45, 0.8)
+                    lesions.append(
+                        dataclasses.replace(
+                            main,
+                            center=(
+                                float(x + off * math.cos(phi)),
+                                float(y + off * math.sin(phi)),
+                                float(z + r * u(-0.4, 0.4)),
+                            ),
+                            radii=(rl, rl * u(0.6, 1.0), rl * u(0.6, 1.0)),
+                            angle=float(u(0, math.pi)),
+                            core_hu=None,
+                            core_radius=None,
+                        )
+                    )
+    # Nodules and plate atelectasis: same distribution for both classes (a confounder, never
+    # evidence); ground-glass nodules have the density of COVID ground glass.
+    n_nod = int(rng.poisson(s.nodules))
     nodules: list[Nodule] = []
     if n_nod:
         for x, y, z in _sample_lung_points(anat, rng, n_nod, peripheral=None):
             calcified = rng.random() < 0.15
-            nodules.append(
-                Nodule(
+            radius = float(u(2.0, 5.0) if rng.random() < 0.8 else u(5, 8))
+            hu = float(u(250, 600) if calcified else u(10, 60))
+            if s.ggn_fraction > 0 and rng.random() < s.ggn_fraction:
+                radius, hu = float(u(3.0, 7.0)), float(u(-650.0, -450.0))
+            nodules.append(Nodule(center=(float(x), float(y), float(z)), radius=radius, hu=hu))
+    plates: list[Plate] = []
+    n_plates = int(rng.poisson(s.plates)) if s.plates > 0 else 0
+    if n_plates:
+        pts = _sample_lung_points(anat, rng, 32, peripheral=None)
+        for x, y, z in pts[anat.height(pts[:, 2]) < 0.5][:n_plates]:  # lower half of the lungs
+            plates.append(
+                Plate(
                     center=(float(x), float(y), float(z)),
-                    radius=float(
-                        rng.uniform(2.0, 5.0) if rng.random() < 0.8 else rng.uniform(5, 8)
-                    ),
-                    hu=float(rng.uniform(250, 600) if calcified else rng.uniform(10, 60)),
+                    radii=(float(u(12.0, 30.0)), float(u(1.5, 3.5)), float(u(6.0, 15.0))),
+                    angle=float(u(0, math.pi)),
+                    hu=float(u(-300.0, 0.0)),
                 )
             )
-    return tuple(lesions), tuple(nodules)
+    return tuple(lesions), tuple(nodules), tuple(plates)
 
 
 # --- rendering --------------------------------------------------------------------------------
@@ -479,6 +696,12 @@ def _grid(p: _Params, factor: int, sub: int, rng: np.random.Generator) -> _Grid:
         idx = np.arange(n * f, dtype=np.float64)
         axes.append((o - d / 2 + (idx + 0.5) * d / f).astype(np.float32))
     z, y, x = axes
+    if p.thickness != p.spacing[0]:
+        # Slices thinner than their spacing: sub-slices span only the slice's own thickness.
+        k, j = np.divmod(np.arange(p.shape[0] * sub, dtype=np.float64), sub)
+        z = (p.origin[2] + k * p.spacing[0] + (j + 0.5 - sub / 2) * p.thickness / sub).astype(
+            np.float32
+        )
     # Cavity bounding box, widened for the patient's rotation (<= 5 degrees) and a margin.
     tilt = math.sin(abs(p.rot))
     half_x = p.cav_a + tilt * p.cav_b + 8.0
@@ -486,7 +709,7 @@ def _grid(p: _Params, factor: int, sub: int, rng: np.random.Generator) -> _Grid:
     cy = p.by + p.cav_v * math.cos(p.rot)
     cx = p.bx - p.cav_v * math.sin(p.rot)
     crop = (_bbox(y, cy - half_y, cy + half_y), _bbox(x, cx - half_x, cx + half_x))
-    step_h = p.spacing[0] / sub / p.lung_height
+    step_h = p.thickness / sub / p.lung_height
     dither = rng.uniform(-0.5, 0.5, (1, len(y), len(x))).astype(np.float32) * step_h
     return _Grid(z, y, x, crop, dither)
 
@@ -574,6 +797,8 @@ def _render_chunk(
         thick = p.atel_thick * np.clip(1.0 - h / p.atel_top, 0.0, 1.0) + 1e-3
         a = np.clip(1.0 - anat.posterior_depth(u, v) / thick, 0.0, 1.0)
         val += (a * (0.75 + 0.25 * f[1].clip(-1, 1))) * (p.atel_hu - val)
+    for plate in p.plates:
+        _paint_plate(plate, val, zc, yc, xc)
     lesion = np.zeros(lung.shape, dtype=np.float32)
     for les in p.lesions:
         _paint_lesion(les, val, lesion, lung, f[1], zc, yc, xc)
@@ -626,24 +851,50 @@ def _paint_lesion(
     a, b = c * dx + s * dy, -s * dx + c * dy
     q = np.sqrt((a / les.radii[0]) ** 2 + (b / les.radii[1]) ** 2 + (z / les.radii[2]) ** 2)
     # Soft, irregular edge: the smooth field shifts the boundary by up to ~30% of the radius.
-    t = np.clip((1.0 - q + 0.3 * mod[sz, sy, sx]) / 0.35, 0.0, 1.0)
+    t = np.clip((1.0 - q + les.edge_mod * mod[sz, sy, sx]) / les.edge_width, 0.0, 1.0)
     alpha = (t * t * (3 - 2 * t)) * lung[sz, sy, sx]
     if not alpha.any():
         return
     block = val[sz, sy, sx]
     target = np.full_like(block, les.target_hu)
     if les.paving:
-        # Crazy paving: thickened interlobular septa as a warped polygonal grid (~10 mm cells).
+        # Crazy paving: thickened interlobular septa as a warped polygonal grid (cells of
+        # pi / paving_freq mm: ~10 mm in style A).
         w = 2.0 * mod[sz, sy, sx]
-        ret = np.minimum(np.abs(np.cos(a * 0.32 + w)), np.abs(np.cos(b * 0.32 - w))) < 0.25
-        target += 140.0 * ret
+        fr = les.paving_freq
+        ret = np.minimum(np.abs(np.cos(a * fr + w)), np.abs(np.cos(b * fr - w))) < 0.25
+        target += les.paving_hu * ret
     # Ground glass only adds density: a patch over atelectasis or a vessel never lightens it.
     block += alpha * np.maximum(target - block, 0.0)
-    if les.core_hu is not None:
+    if les.core_hu is not None and les.core_radius is not None:
+        # Sharp-edged patches are near alpha 1 almost everywhere: place the core by radius.
+        core = np.clip((les.core_radius - q) / 0.15, 0.0, 1.0) * lung[sz, sy, sx]
+        block += core * (les.core_hu - block)
+    elif les.core_hu is not None:
         core = np.clip((alpha - 0.75) / 0.2, 0.0, 1.0)
         block += core * (les.core_hu - block)
     val[sz, sy, sx] = block
     np.maximum(lesion[sz, sy, sx], alpha, out=lesion[sz, sy, sx])
+
+
+def _paint_plate(
+    plate: Plate, val: np.ndarray, zc: np.ndarray, yc: np.ndarray, xc: np.ndarray
+) -> None:
+    """Blend a thin band of atelectasis into the lung values (it only adds density)."""
+    x0, y0, z0 = plate.center
+    reach = max(plate.radii[:2]) + 2.0
+    sz = _bbox(zc, z0 - plate.radii[2] - 2.0, z0 + plate.radii[2] + 2.0)
+    sy, sx = _bbox(yc, y0 - reach, y0 + reach), _bbox(xc, x0 - reach, x0 + reach)
+    if sz.start >= sz.stop or sy.start >= sy.stop or sx.start >= sx.stop:
+        return
+    dy, dx = (yc[sy] - y0)[None, :, None], (xc[sx] - x0)[None, None, :]
+    c, s = math.cos(plate.angle), math.sin(plate.angle)
+    a, b = c * dx + s * dy, -s * dx + c * dy
+    r0, r1, r2 = plate.radii
+    q = np.sqrt((a / r0) ** 2 + (b / r1) ** 2 + ((zc[sz] - z0)[:, None, None] / r2) ** 2)
+    alpha = np.clip((1.0 - q) / 0.3, 0.0, 1.0)
+    block = val[sz, sy, sx]
+    block += alpha * np.maximum(plate.hu - block, 0.0)
 
 
 def _paint_nodule(
@@ -663,9 +914,10 @@ def _paint_nodule(
 
 
 def _supersampling(p: _Params) -> tuple[int, int]:
-    """In-plane factor and sub-slices: fine samples of <= 3.6 mm in plane and <= 4.5 mm in z."""
+    """In-plane factor and sub-slices: fine samples of <= 3.6 mm in plane and <= 4.5 mm in z
+    (within the slice thickness)."""
     factor = max(2, math.ceil(p.spacing[1] / 3.6))
-    sub = max(2, min(6, math.ceil(p.spacing[0] / 4.5)))
+    sub = max(2, min(6, math.ceil(p.thickness / 4.5)))
     return factor, sub
 
 
@@ -687,7 +939,13 @@ def _block_mean(a: np.ndarray, sub: int, factor: int) -> np.ndarray:
 
 
 def make_phantom(
-    rng: np.random.Generator, *, n_slices: int, matrix: int, positive: bool, burden: str
+    rng: np.random.Generator,
+    *,
+    n_slices: int,
+    matrix: int,
+    positive: bool,
+    burden: str,
+    style: PhantomStyle = PhantomStyle.A,
 ) -> Phantom:
     """Draw one synthetic chest CT.
 
@@ -697,7 +955,9 @@ def make_phantom(
         matrix: in-plane size (square).
         positive: COVID-positive (bilateral peripheral ground glass).
         burden: "none" for negatives; "mild" (1-3 patches of 2-5 cm per lung) or "severe"
-            (4-8 larger patches per lung, consolidation, crazy paving) for positives.
+            (4-8 larger patches per lung, consolidation, crazy paving) for positives; the
+            numbers are style A's (see ``STYLE_B`` for the other site's).
+        style: which generator (scanner, population, lesion appearance) draws the phantom.
 
     Returns:
         The phantom: int16 HU in canonical (z, y, x) orientation, geometry and truth.
@@ -711,10 +971,11 @@ def make_phantom(
         raise ValueError(f"positive={positive} does not match burden={burden!r}")
     if n_slices < 2 or matrix < 8:
         raise ValueError(f"need n_slices >= 2 and matrix >= 8, got {n_slices} and {matrix}")
-    p = _draw_params(rng, n_slices, matrix)
+    s = STYLES[PhantomStyle(style)]
+    p = _draw_params(rng, n_slices, matrix, s)
     anat = _Anatomy(p)
-    lesions, nodules = _draw_findings(anat, rng, positive=positive, burden=burden)
-    p = dataclasses.replace(p, lesions=lesions, nodules=nodules)
+    lesions, nodules, plates = _draw_findings(anat, rng, positive=positive, burden=burden, s=s)
+    p = dataclasses.replace(p, lesions=lesions, nodules=nodules, plates=plates)
     anat = _Anatomy(p)
     fields = _Fields(rng, p, channels=2, step=_TEXTURE_STEP_MM)
     vessels = _Fields(rng, p, channels=2, step=_VESSEL_STEP_MM)
@@ -738,7 +999,15 @@ def make_phantom(
 
     # Scanner: in-plane point-spread blur, then noise that is itself spatially correlated.
     hu = ndimage.gaussian_filter(hu, sigma=(0, p.psf_sigma, p.psf_sigma), mode="nearest")
-    noise = ndimage.gaussian_filter(noise, sigma=(0, 0.6, 0.6), mode="wrap")
+    if p.sharpen > 0:
+        # A sharp (bone / lung) reconstruction kernel: edges overshoot on both sides.
+        sig = (0, s.sharpen_sigma, s.sharpen_sigma)
+        hu += p.sharpen * (hu - ndimage.gaussian_filter(hu, sig, mode="nearest", truncate=3.0))
+    noise = ndimage.gaussian_filter(noise, sigma=(0, s.noise_smooth, s.noise_smooth), mode="wrap")
+    if s.noise_highpass > 0:
+        # Grainy noise of a sharp kernel: its power moves to high spatial frequencies.
+        sig = (0, s.noise_highpass, s.noise_highpass)
+        noise -= ndimage.gaussian_filter(noise, sig, mode="wrap", truncate=3.0)
     noise *= p.noise_sd / max(float(noise.std()), 1e-6)
     out = np.clip(np.rint(hu + noise), HU_MIN, HU_MAX).astype(np.int16)
     lung_mask = lung_frac >= 0.5
@@ -752,4 +1021,6 @@ def make_phantom(
         burden=burden,
         lung_mask=lung_mask,
         lesion_mask=lesion_mask,
+        slice_thickness=p.thickness,
+        style=PhantomStyle(style),
     )

@@ -13,6 +13,7 @@ Layout of ``write_cohort(out_dir)``::
     labels.csv        patient_id,label            1 = COVID-positive, 0 = negative
     truth.csv         patient_id,slice_index,lesion,burden   (slice_index in canonical z order)
     identities.json   the "hospital side": every identifying value that was written
+    .covidct-synth.json   the settings that shaped the files, the phantom style among them
 
 The cohort depends only on the configuration: each patient draws from its own
 ``SeedSequence(seed, spawn_key=...)``, so any number of worker processes gives identical bytes.
@@ -32,7 +33,7 @@ import os
 import shutil
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import nibabel as nib
@@ -43,7 +44,7 @@ from pydicom.valuerep import format_number_as_ds
 
 from data_prep.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from data_prep.errors import ConfigError, CovidCTError
-from data_prep.phantom import Phantom, make_phantom
+from data_prep.phantom import Phantom, PhantomStyle, make_phantom
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ __all__ = [
     "CohortSummary",
     "Identity",
     "Phantom",
+    "PhantomStyle",
     "SynthConfig",
     "dicom_variant",
     "make_phantom",
@@ -88,6 +90,8 @@ class SynthConfig:
         seed: the cohort is a pure function of the configuration.
         formats: file formats (MIXED: DICOM when i % 3 != 2, else NIfTI).
         workers: processes; 0 = all cores.
+        style: which phantom generator ("site": scanner, population, lesion appearance);
+            A is the original, B another one to check that a model did not learn the generator.
     """
 
     n_patients: int = 200
@@ -98,6 +102,7 @@ class SynthConfig:
     seed: int = 0
     formats: CohortFormat = CohortFormat.MIXED
     workers: int = 0
+    style: PhantomStyle = PhantomStyle.A
 
 
 @dataclass(frozen=True)
@@ -401,9 +406,10 @@ def write_dicom_series(
     frame_uid = _uid(study, "frame")
     ds = _base_dataset(identity, _uid(study, "series", "axial"), frame_uid)
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-    ds.SeriesDescription = f"CHEST AXIAL {dz:.1f}mm"
+    thickness = dz if phantom.slice_thickness is None else phantom.slice_thickness
+    ds.SeriesDescription = f"CHEST AXIAL {thickness:.1f}mm"
     ds.SeriesNumber = 2
-    ds.SliceThickness = _ds(dz)
+    ds.SliceThickness = _ds(thickness)
     ds.SpacingBetweenSlices = _ds(dz)
     ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
     ds.PixelSpacing = [_ds(dy), _ds(dx)]  # row spacing (along y), column spacing (along x)
@@ -532,6 +538,11 @@ def _validate(config: SynthConfig) -> None:
         problems.append(f"seed must be >= 0, got {config.seed}")
     if config.workers < 0:
         problems.append(f"workers must be >= 0 (0 = all cores), got {config.workers}")
+    try:
+        PhantomStyle(config.style)
+    except ValueError:
+        choices = ", ".join(m.value for m in PhantomStyle)
+        problems.append(f"style must be one of {choices}, got {config.style!r}")
     if problems:
         raise ConfigError("invalid synth settings: " + "; ".join(problems))
 
@@ -571,7 +582,7 @@ def _patient_paths(out_dir: Path, plan: _Plan) -> tuple[Path, Path]:
 
 
 def _write_patient(
-    plan: _Plan, out_dir: Path, seed: int, n_slices: int, matrix: int
+    plan: _Plan, out_dir: Path, seed: int, n_slices: int, matrix: int, style: PhantomStyle
 ) -> tuple[int, list[bool], int]:
     """Worker: draw and write one patient; returns (index, lesion per slice, files written)."""
     phantom = make_phantom(
@@ -580,6 +591,7 @@ def _write_patient(
         matrix=matrix,
         positive=plan.positive,
         burden=plan.burden,
+        style=style,
     )
     top, target = _patient_paths(out_dir, plan)
     if plan.dicom is None:
@@ -616,7 +628,8 @@ def _claim(out_dir: Path, config: SynthConfig) -> None:
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     # Only what shapes the files: the worker count does not (same bytes for any number).
-    cfg = {**asdict(config), "formats": config.formats.value}
+    # The style is recorded here: it is what tells a reader which generator made the cohort.
+    cfg = {**asdict(config), "formats": config.formats.value, "style": config.style.value}
     del cfg["workers"]
     atomic_write_json(out_dir / MARKER, {"format_version": 1, "config": cfg})
 
@@ -641,7 +654,7 @@ def _remove_stale(out_dir: Path, plans: list[_Plan]) -> None:
 def _run(
     plans: list[_Plan], out_dir: Path, config: SynthConfig, progress: bool
 ) -> Iterator[tuple[int, list[bool], int]]:
-    args = (out_dir, config.seed, config.n_slices, config.matrix)
+    args = (out_dir, config.seed, config.n_slices, config.matrix, config.style)
     workers = min(config.workers or os.cpu_count() or 1, len(plans))
     bar = None
     if progress:
@@ -704,6 +717,7 @@ def write_cohort(out_dir: Path, config: SynthConfig, *, progress: bool = False) 
         CovidCTError: ``out_dir`` is a non-empty folder that holds no synthetic cohort.
     """
     _validate(config)
+    config = replace(config, style=PhantomStyle(config.style))  # also accepts "a" / "b"
     out_dir = Path(out_dir)
     _claim(out_dir, config)
     plans = _plan(config)

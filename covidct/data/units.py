@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import json
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +55,10 @@ class SliceStore:
 
     def get(self, file: str, index: int) -> np.ndarray:
         return np.asarray(self.array(file)[index])
+
+    def inputs(self, refs: Sequence[tuple[str, int]]) -> np.ndarray:
+        """The model input for these slices: (n, size, size, 1) float32 in [0, 1]."""
+        return np.stack([self.get(f, i) for f, i in refs]).astype(np.float32)[..., None] / 255.0
 
 
 @dataclass

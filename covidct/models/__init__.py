@@ -1,4 +1,8 @@
-"""Model registry: name -> builder of a GroupNorm binary classifier with one logit output.
+"""Model registry: name -> builder of a binary classifier of slices with one logit output.
+
+Two families: CNNs that learn their filters (``gn_cnn_small``, ``gn_resnet18``), and models on
+fixed features (``scattering``: a fixed scattering transform and an 82-parameter head, trained
+on cached features; the default, because it learns privately from a few hundred patients).
 
 Every model takes (input_size, input_size, 1) slices with values in [0, 1] (the lung window
 divided by 255) and returns one logit per slice: train with
@@ -14,11 +18,14 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from covidct.errors import ConfigError
+from covidct.features.scattering import ScatteringSpec
 from covidct.models.cnn import build_gn_cnn
 from covidct.models.layers import Pooling
 from covidct.models.resnet import build_gn_resnet
+from covidct.models.scatter import assemble, build_scatter_head
 from covidct.models.validation import ModelValidationError, validate_model
 from covidct.tfsetup import keras
 
@@ -29,8 +36,11 @@ __all__ = [
     "ModelValidationError",
     "Pooling",
     "UnknownModelError",
+    "assemble",
     "available_models",
+    "build_head",
     "build_model",
+    "feature_spec",
     "validate_model",
 ]
 
@@ -44,12 +54,29 @@ class ModelSpec:
     """A registered model.
 
     Attributes:
-        builder: ``builder(input_size=..., seed=...) -> keras.Model``.
+        builder: ``builder(input_size=..., seed=...) -> keras.Model`` on slices.
         description: one line for ``--help`` and the dashboard.
+        features: for a model on fixed features, the transform: training builds only the head
+            (``build_head``) on the cached features, and the run saves the transform and the
+            head together (a model on slices, like the others).
     """
 
     builder: Callable[..., keras.Model]
     description: str
+    features: ScatteringSpec | None = None
+
+
+def _scattering_model(*, input_size: int, seed: int, spec: ScatteringSpec) -> keras.Model:
+    """The whole slice model with identity standardisation (training sets the constants)."""
+    import numpy as np
+
+    del seed  # the head starts at zero
+    ones = np.ones(spec.size, np.float32)
+    head = build_scatter_head(n_features=spec.size, mean=0 * ones, variance=ones)
+    return assemble(head, image_size=input_size, spec=spec)
+
+
+SCATTERING = ScatteringSpec(j=2, angles=8, grid=2)
 
 
 # Choices measured in benchmarks/learnability.py on the phantom cohort (mild disease included):
@@ -66,15 +93,21 @@ MODEL_REGISTRY: dict[str, ModelSpec] = {
             norm_from_stage=1,
             name="gn_cnn_small",
         ),
-        "3-stage CNN (16-32-64), GroupNorm from stage 2, global max pooling; 23 k params; default",
+        "3-stage CNN (16-32-64), GroupNorm from stage 2, global max pooling; 23 k params",
     ),
     "gn_resnet18": ModelSpec(
         functools.partial(build_gn_resnet, blocks=(2, 2, 2, 2), base_width=32),
         "ResNet-18 layout with GroupNorm, base width 32 (2.8 M params), global max pooling",
     ),
+    "scattering": ModelSpec(
+        functools.partial(_scattering_model, spec=SCATTERING),
+        "fixed scattering transform (J=2, L=8; 405 features per slice: quadrant means and slice "
+        "max of 81 channels) + a linear head; 406 trainable params on cached features; default",
+        features=SCATTERING,
+    ),
 }
 
-DEFAULT_MODEL = "gn_cnn_small"
+DEFAULT_MODEL = "scattering"
 
 
 def available_models() -> list[str]:
@@ -105,5 +138,25 @@ def build_model(name: str, *, input_size: int, seed: int) -> keras.Model:
     if input_size < 16:
         raise ConfigError(f"input_size must be at least 16 pixels, got {input_size}")
     model = spec.builder(input_size=input_size, seed=seed)
+    validate_model(model)
+    return model
+
+
+def feature_spec(name: str) -> ScatteringSpec | None:
+    """The fixed transform of model ``name`` (None for a model that learns from slices)."""
+    spec = MODEL_REGISTRY.get(name)
+    if spec is None:
+        raise UnknownModelError(
+            f"unknown model {name!r}; available models: {', '.join(available_models())}"
+        )
+    return spec.features
+
+
+def build_head(name: str, *, mean: Any, variance: Any) -> keras.Model:
+    """The trainable head of feature model ``name`` (standardised by ``mean``, ``variance``)."""
+    spec = feature_spec(name)
+    if spec is None:
+        raise ConfigError(f"model {name!r} learns from slices: it has no feature head")
+    model = build_scatter_head(n_features=spec.size, mean=mean, variance=variance)
     validate_model(model)
     return model

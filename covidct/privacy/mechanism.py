@@ -598,12 +598,13 @@ def unit_losses(
     with the unit's label. ``lse``: the cross-entropy of ONE unit logit, the log-mean-exp of its
     valid slice logits, a smooth maximum (multiple-instance learning: a positive patient is
     explained by its lesion slices without pushing its clear slices up; a negative one pushes
-    all down). Either way the loss depends on the unit's own slices only, so per-unit
-    clipping stays exact.
+    all down). ``mean-logit``: the cross-entropy of the mean of the valid slice logits (for a
+    linear head, logistic regression on the unit's mean slice features). Each way the loss
+    depends on the unit's own slices only, so per-unit clipping stays exact.
 
     Args:
         logits: (U, k) slice logits; mask: (U, k), 1 for a real slice; y: (U,) unit labels.
-        kind: mean or lse.
+        kind: mean, lse or mean-logit.
 
     Returns:
         (U,) losses; a unit without valid slices has loss 0 (and so a zero gradient).
@@ -612,6 +613,10 @@ def unit_losses(
     if kind is UnitLoss.LSE:
         masked = tf.where(mask > 0, logits, tf.fill(tf.shape(logits), -1e9))
         unit_logit = tf.reduce_logsumexp(masked, axis=1) - tf.math.log(tf.maximum(n_valid, 1.0))
+        per_unit = tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=unit_logit)
+        return tf.where(n_valid > 0, per_unit, tf.zeros_like(per_unit))
+    if kind is UnitLoss.MEAN_LOGIT:
+        unit_logit = tf.reduce_sum(logits * mask, axis=1) / tf.maximum(n_valid, 1.0)
         per_unit = tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=unit_logit)
         return tf.where(n_valid > 0, per_unit, tf.zeros_like(per_unit))
     labels = tf.broadcast_to(y[:, None], tf.shape(logits))

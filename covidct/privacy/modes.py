@@ -28,3 +28,6 @@ class UnitLoss(enum.Enum):
 
     MEAN = "mean"  # the mean slice cross-entropy: every slice of a positive patient pushed up
     LSE = "lse"  # cross-entropy of the log-mean-exp of the slice logits (a smooth max)
+    # cross-entropy of the mean slice logit: for a linear head, logistic regression on the
+    # patient's mean slice features (convex, well conditioned: what few noisy steps need)
+    MEAN_LOGIT = "mean-logit"

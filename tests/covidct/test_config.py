@@ -13,9 +13,16 @@ def test_default_yaml_matches_the_built_in_defaults():
     assert to_dict(load_config(CONFIGS / "default.yaml")) == to_dict(Config())
 
 
-def test_demo_config_loads():
+def test_demo_config_trains_the_default_model_from_scratch():
     cfg = load_config(CONFIGS / "demo.yaml")
-    assert cfg.prepare.slices.image_size == 96
+    assert cfg.synth.n_patients == 600
+    assert cfg.train == Config().train  # the demo shows what the defaults do
+    assert not cfg.train.initial_weights
+
+
+def test_cnn_config_holds_a_cnn_recipe():
+    cfg = load_config(CONFIGS / "cnn.yaml")
+    assert cfg.train.model == "gn_cnn_small" and cfg.train.batch_size > 0
 
 
 def test_set_overrides_nested_values_with_yaml_types():

@@ -15,6 +15,7 @@ from covidct.models import (
     UnknownModelError,
     available_models,
     build_model,
+    feature_spec,
     validate_model,
 )
 from covidct.tfsetup import keras
@@ -48,16 +49,27 @@ def test_every_registered_model_outputs_one_logit_per_slice_without_batchnorm(
     assert model.layers[-1].get_config().get("activation", "linear") == "linear"
     classes = _layer_classes(model)
     assert not any("BatchNormalization" in c for c in classes)
-    assert "GroupNormalization" in classes
+    if feature_spec(name) is None:  # a CNN normalises its own features per example
+        assert "GroupNormalization" in classes
+    else:  # a fixed transform, then a head standardised by constants
+        assert "ScatteringMaps" in classes and "Normalization" in classes
+        assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == 406
     validate_model(model)
 
 
 def test_same_seed_gives_the_same_weights_and_another_seed_different_ones() -> None:
-    a = build_model(DEFAULT_MODEL, input_size=SIZE, seed=3).get_weights()
-    b = build_model(DEFAULT_MODEL, input_size=SIZE, seed=3).get_weights()
-    c = build_model(DEFAULT_MODEL, input_size=SIZE, seed=4).get_weights()
+    a = build_model("gn_cnn_small", input_size=SIZE, seed=3).get_weights()
+    b = build_model("gn_cnn_small", input_size=SIZE, seed=3).get_weights()
+    c = build_model("gn_cnn_small", input_size=SIZE, seed=4).get_weights()
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
     assert not all(np.array_equal(x, y) for x, y in zip(a, c, strict=True))
+
+
+def test_the_scattering_head_starts_at_zero_whatever_the_seed() -> None:
+    # logistic regression needs no symmetry breaking: every start predicts 1/2
+    for seed in (3, 4):
+        weights = build_model("scattering", input_size=SIZE, seed=seed).get_weights()
+        assert all(not w.any() for w in weights)
 
 
 def test_default_model_accepts_other_slice_sizes() -> None:
@@ -123,7 +135,7 @@ def test_unknown_model_name_error_lists_the_available_models() -> None:
 
 
 def test_saved_model_loads_without_covidct_and_predicts_the_same(tmp_path: Path) -> None:
-    model = build_model(DEFAULT_MODEL, input_size=SIZE, seed=1)
+    model = build_model("gn_cnn_small", input_size=SIZE, seed=1)
     x = _slices(4, seed=2)
     expected = model.predict(x, verbose=0)
     path = tmp_path / "model.keras"
@@ -132,3 +144,37 @@ def test_saved_model_loads_without_covidct_and_predicts_the_same(tmp_path: Path)
     loaded = keras.models.load_model(path)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-6)
     validate_model(loaded)
+
+
+def test_a_saved_scattering_model_needs_exactly_one_import_to_load(tmp_path: Path) -> None:
+    """In a fresh process: plain load_model fails (tf-keras says only "'str' object is not
+    callable": the README names the import); after
+    ``import covidct.features`` it loads and predicts what the original predicts."""
+    import subprocess
+    import sys
+
+    model = build_model("scattering", input_size=32, seed=0)
+    rng = np.random.default_rng(0)
+    model.get_layer("logit").set_weights([rng.normal(size=(405, 1)) * 0.05, np.array([0.1])])
+    x = _slices(2, seed=3)[:, :32, :32, :]
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "want.npy", model.predict(x, verbose=0))
+    model.save(tmp_path / "m.keras")
+    script = f"""
+import numpy as np
+from covidct.tfsetup import keras
+try:
+    keras.models.load_model({str(tmp_path / "m.keras")!r}, compile=False)
+    print("LOADED_WITHOUT_IMPORT")
+except Exception as exc:
+    print("REFUSED", type(exc).__name__)
+import covidct.features
+m = keras.models.load_model({str(tmp_path / "m.keras")!r}, compile=False)
+got = m.predict(np.load({str(tmp_path / "x.npy")!r}), verbose=0)
+print("MAXDIFF", float(np.abs(got - np.load({str(tmp_path / "want.npy")!r})).max()))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout
+    assert "REFUSED" in out and "LOADED_WITHOUT_IMPORT" not in out
+    assert float(out.split("MAXDIFF")[1]) < 1e-4

@@ -13,7 +13,7 @@ from covidct.models import build_model
 from data_prep.worker import SliceSettings
 
 ROOT = Path(__file__).resolve().parents[2]
-DEMO = ROOT / "configs" / "demo.yaml"
+DEMO = ROOT / "configs" / "demo_public_weights.yaml"
 
 
 def test_demo_starts_from_the_shipped_public_weights_and_they_load():

@@ -14,13 +14,26 @@ from scipy import stats
 
 from covidct.cli import main
 from covidct.data.units import DataError, PoissonSampler
+from covidct.evaluate import PatientScore
 from covidct.privacy.accounting import PrivacyRequestError
+from covidct.privacy.modes import UnitLoss
 from covidct.privacy.secret import RunSecret
 from covidct.train import plan_privacy, train
 from covidct.train_config import OptimizerName, TrainConfig
 
+# the CNN recipe (configs/cnn.yaml) at toy scale: these tests cover the trainer on slices;
+# tests/covidct/test_train_scattering.py covers the default feature model
 TINY = TrainConfig(
-    epochs=2, batch_size=8, max_slices_per_unit=2, chunk_units=8, learning_rate=0.05, seed=1
+    model="gn_cnn_small",
+    epochs=2,
+    batch_size=8,
+    max_slices_per_unit=2,
+    chunk_units=8,
+    learning_rate=0.05,
+    seed=1,
+    ema=0.0,
+    unit_loss=UnitLoss.MEAN,
+    patient_score=PatientScore.MEAN,
 )
 
 
@@ -250,6 +263,7 @@ def test_per_layer_clipping_leaves_the_accounting_unchanged(prep, tmp_path):
 def test_cli_clipping_flags_reach_the_resolved_config(prep, tmp_path, capsys):
     argv = ["train", "--data", str(prep), "--epsilon", "3", "--runs", str(tmp_path)]
     argv += ["--no-progress", "--set", "train.epochs=1", "--set", "train.batch_size=8"]
+    argv += ["--set", "train.model=gn_cnn_small"]
     assert main([*argv, "--run-id", "pl", "--clipping", "per-layer", "--pipeline-stages", "2"]) == 0
     assert "per-stage clipping: 2 stage(s)" in capsys.readouterr().err
     cfg = (tmp_path / "pl" / "config.yaml").read_text()

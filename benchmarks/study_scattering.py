@@ -1,0 +1,229 @@
+"""Does the default recipe learn privately from a cohort it was not tuned on? Prints JSON.
+
+What a new user runs, on a synthetic cohort of the given style (``covidct synth --style``):
+``covidct prepare`` with its defaults (or ``--prepare-set`` overrides), then ``covidct train``
+with its defaults at each epsilon, on ``--splits`` patient splits (``prepare.seed`` 0, 1, 2...).
+The non-private baseline is tuned: one run per learning rate of ``--baseline-lrs``, the one with
+the best VALIDATION patient AUC is reported (its test AUC), so it is a real baseline, not the
+private recipe without noise.
+
+Reported per epsilon: the test patient AUC (mean and per split), the mild-disease-vs-negative
+test AUC (severe patients left out; from synth's truth.csv), and the seconds of each run (the
+first run of a split includes computing the features; the others reuse the cache).
+
+    .venv/bin/python benchmarks/study_scattering.py --style b --patients 600 --slices 16 \\
+        --matrix 128 --seed 11 --work /tmp/study_b
+
+Every run goes through the CLI, as a user's would; ``--train-set`` adds ``--set`` overrides to
+every training (to compare recipes); the defaults are what ``covidct train`` uses with no flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _covidct(*args: str) -> None:
+    cmd = [sys.executable, "-m", "covidct.cli", *args]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
+
+
+def _burdens(prep: Path, truth: Path) -> dict[str, str]:
+    """Pseudonym -> none | mild | severe (study only: reads PREP/private)."""
+    with truth.open(newline="") as f:
+        by_source = {r["patient_id"]: r["burden"] for r in csv.DictReader(f)}
+    with (prep / "private" / "pseudonym_map.csv").open(newline="") as f:
+        return {r["patient_id"]: by_source[r["source_patient_id"]] for r in csv.DictReader(f)}
+
+
+def _test_scores(run: Path, prep: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Test patients' scores from the run's saved head applied to the cached features."""
+    import covidct.features  # noqa: F401
+    from covidct.data.units import PrivacyUnit, load_units
+    from covidct.evaluate import PatientScore, Predictions
+    from covidct.features.cache import FeatureStore
+    from covidct.features.scattering import ScatteringSpec
+    from covidct.tfsetup import keras
+
+    meta = json.loads((run / "run.json").read_text())
+    metrics = json.loads((run / "metrics.json").read_text())
+    feats = meta["features"]
+    spec = ScatteringSpec(
+        j=feats["j"], angles=feats["angles"], grid=feats["grid"], log_floor=feats["log_floor"]
+    )
+    model = keras.models.load_model(run / "model.keras", compile=False)
+    norm, dense = model.get_layer("standardise"), model.get_layer("logit")
+    mean = np.asarray(norm.input_mean, np.float32)
+    var = np.asarray(norm.input_variance, np.float32)
+    w, b = dense.get_weights()
+    store = FeatureStore(prep, spec)
+    units = load_units(prep, "test", PrivacyUnit.PATIENT)
+    refs = [
+        (units.patients[u], units.labels[u], r) for u in range(len(units)) for r in units.slices[u]
+    ]
+    x = store.inputs([r for _, _, r in refs])
+    logits = ((x - mean) / np.sqrt(var)) @ w[:, 0] + b[0]
+    pred = Predictions(
+        patients=[p for p, _, _ in refs],
+        labels=np.array([lab for _, lab, _ in refs], np.float32),
+        probs=(0.5 * (1 + np.tanh(logits / 2))).astype(np.float32),
+    )
+    return pred.by_patient(PatientScore(metrics.get("patient_score", "mean")))
+
+
+def _aucs(run: Path, prep: Path, truth: Path) -> dict[str, float]:
+    from sklearn.metrics import roc_auc_score
+
+    patients, labels, scores = _test_scores(run, prep)
+    burden = _burdens(prep, truth)
+    keep = np.array([burden[p] != "severe" for p in patients])
+    return {
+        "test_auc": round(float(roc_auc_score(labels, scores)), 4),
+        "mild_vs_negative_auc": round(float(roc_auc_score(labels[keep], scores[keep])), 4),
+    }
+
+
+def _train(prep: Path, runs: Path, rid: str, eps: str, extra: list[str]) -> tuple[Path, float]:
+    t0 = time.perf_counter()
+    flag = ["--no-dp"] if eps == "inf" else ["--epsilon", eps]
+    _covidct(
+        "train",
+        "--data",
+        str(prep),
+        *flag,
+        "--runs",
+        str(runs),
+        "--run-id",
+        rid,
+        "--no-progress",
+        *extra,
+    )
+    return runs / rid, time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, required=True, help="scratch folder (kept: resumable)")
+    ap.add_argument("--cohort", type=Path, help="an existing synth cohort (else one is made)")
+    ap.add_argument("--style", default="a")
+    ap.add_argument("--patients", type=int, default=600)
+    ap.add_argument("--slices", type=int, default=16)
+    ap.add_argument("--matrix", type=int, default=128)
+    ap.add_argument("--seed", type=int, default=11)
+    ap.add_argument("--splits", type=int, default=3)
+    ap.add_argument("--epsilons", default="3,inf")
+    ap.add_argument("--baseline-lrs", default="", help="learning rates tried for epsilon inf")
+    ap.add_argument("--prepare-set", action="append", default=[])
+    ap.add_argument("--train-set", action="append", default=[])
+    args = ap.parse_args(argv)
+
+    work = args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    cohort = args.cohort or work / "cohort"
+    if not (cohort / "labels.csv").is_file():
+        _covidct(
+            "synth",
+            "--out",
+            str(cohort),
+            "--patients",
+            str(args.patients),
+            "--slices",
+            str(args.slices),
+            "--matrix",
+            str(args.matrix),
+            "--seed",
+            str(args.seed),
+            "--style",
+            args.style,
+            "--formats",
+            "nifti",
+        )
+    truth = cohort / "truth.csv"
+    pset = [a for s in args.prepare_set for a in ("--set", s)]
+    tset = [a for s in args.train_set for a in ("--set", s)]
+    tag = "-".join(s.replace("train.", "").replace("=", "") for s in args.train_set) or "defaults"
+    results: dict[str, Any] = {
+        "cohort": str(cohort),
+        "style": args.style,
+        "train_set": args.train_set,
+        "prepare_set": args.prepare_set,
+        "per_epsilon": {},
+    }
+    first_prep: Path | None = None
+    per: dict[str, list[dict[str, Any]]] = {}
+    for split in range(args.splits):
+        prep = work / f"prep{split}"
+        if not (prep / "manifest.csv").is_file():
+            _covidct(
+                "prepare",
+                str(cohort),
+                "--labels",
+                str(cohort / "labels.csv"),
+                "--out",
+                str(prep),
+                "--no-progress",
+                "--set",
+                f"prepare.seed={split}",
+                *pset,
+            )
+            if first_prep is not None and (first_prep / "features").is_dir():
+                # same slices and settings, another split: the cache is keyed by them only
+                shutil.copytree(first_prep / "features", prep / "features", dirs_exist_ok=True)
+        first_prep = first_prep or prep
+        for eps in args.epsilons.split(","):
+            lrs = args.baseline_lrs.split(",") if eps == "inf" and args.baseline_lrs else [""]
+            tried = []
+            for lr in lrs:
+                extra = tset + (["--set", f"train.learning_rate={lr}"] if lr else [])
+                rid = f"{tag}-s{split}-eps{eps}" + (f"-lr{lr}" if lr else "")
+                run = work / "runs" / rid
+                seconds = math.nan
+                if not (run / "run.json").is_file():
+                    shutil.rmtree(run, ignore_errors=True)
+                    run, seconds = _train(prep, work / "runs", rid, eps, extra)
+                metrics = json.loads((run / "metrics.json").read_text())
+                tried.append(
+                    {
+                        "lr": lr or "default",
+                        "validation_auc_best": round(metrics["validation_patient_auc_best"], 4),
+                        **_aucs(run, prep, truth),
+                        "seconds": round(seconds, 1),
+                    }
+                )
+            best = max(tried, key=lambda r: r["validation_auc_best"])
+            per.setdefault(eps, []).append({"split": split, **best, "tried": tried})
+    for eps, rows in per.items():
+        results["per_epsilon"][eps] = {
+            "test_auc_mean": round(float(np.mean([r["test_auc"] for r in rows])), 4),
+            "mild_vs_negative_auc_mean": round(
+                float(np.mean([r["mild_vs_negative_auc"] for r in rows])), 4
+            ),
+            "splits": rows,
+        }
+    if "3" in per and "inf" in per:
+        results["gap_eps3_vs_baseline"] = round(
+            results["per_epsilon"]["inf"]["test_auc_mean"]
+            - results["per_epsilon"]["3"]["test_auc_mean"],
+            4,
+        )
+    print(json.dumps(results, indent=1))
+    return results
+
+
+if __name__ == "__main__":
+    main()

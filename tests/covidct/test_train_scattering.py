@@ -1,0 +1,182 @@
+"""The default model family end to end: fixed scattering features, a linear head trained with
+full-batch DP-GD on the cached features, and a saved model that takes slices."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from covidct.config import ConfigError
+from covidct.data.units import PrivacyUnit, load_units
+from covidct.evaluate import PatientScore, aggregate
+from covidct.features.cache import FeatureStore, feature_stats
+from covidct.models import SCATTERING
+from covidct.privacy.mechanism import unit_losses
+from covidct.privacy.modes import UnitLoss
+from covidct.train import Ema, PrivacyPlan, noise_to_signal, train
+from covidct.train_config import TrainConfig
+
+FAST = TrainConfig(epochs=6, seed=1)  # the defaults: scattering, q = 1, EMA
+
+
+@pytest.fixture(scope="module")
+def scatter_run(prep: Path, tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("scatter_runs")
+    said: list[str] = []
+    result = train(
+        prep, config=FAST, target_epsilon=3.0, runs_dir=root, run_id="s", on_event=said.append
+    )
+    return result, said
+
+
+def test_the_default_model_is_the_scattering_head_trained_on_cached_features(scatter_run, prep):
+    result, said = scatter_run
+    meta = json.loads((result.run_dir / "run.json").read_text())
+    assert meta["model"] == "scattering"
+    assert meta["features"]["transform"] == "scattering2d"
+    assert (prep / "features" / f"scattering-{meta['features']['cache_key']}").is_dir()
+    assert result.privacy.sampling_rate == 1.0 and result.privacy.steps == 6
+    assert any(m.startswith("features:") for m in said)
+
+
+def test_the_saved_model_takes_slices_and_loads_after_one_import(scatter_run, prep):
+    import covidct.features  # noqa: F401  (the one import: registers ScatteringMaps)
+    from covidct.tfsetup import keras
+
+    result, _ = scatter_run
+    model = keras.models.load_model(result.run_dir / "model.keras", compile=False)
+    assert model.input_shape == (None, 32, 32, 1)
+    assert model.count_params() == 406
+
+
+def test_features_are_standardised_with_validation_statistics_never_training_ones(
+    scatter_run, prep
+):
+    from covidct.tfsetup import keras
+
+    result, _ = scatter_run
+    model = keras.models.load_model(result.run_dir / "model.keras", compile=False)
+    norm = model.get_layer("standardise")
+    store = FeatureStore(prep, SCATTERING)
+
+    def stats(split: str):
+        units = load_units(prep, split, PrivacyUnit.PATIENT)
+        return feature_stats(store, [r for refs in units.slices for r in refs])
+
+    val_mean, val_var = stats("validation")
+    train_mean, _ = stats("train")
+    np.testing.assert_allclose(np.ravel(norm.input_mean), val_mean, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.ravel(norm.input_variance), val_var, rtol=1e-5, atol=1e-5)
+    assert np.abs(np.ravel(norm.input_mean) - train_mean).max() > 1e-3
+    report = (result.run_dir / "privacy_report.md").read_text()
+    assert "validation patients" in report and "never the private training patients" in report
+
+
+def test_train_prints_the_noise_to_signal_figure_before_training(scatter_run):
+    result, said = scatter_run
+    line = next(m for m in said if m.startswith("noise-to-signal"))
+    sigma, n = result.privacy.noise_multiplier, result.privacy.n_units
+    assert f"= {sigma * math.sqrt(406) / n:.2f}" in line
+    assert said.index(line) < next(i for i, m in enumerate(said) if m.startswith("epoch 1/"))
+
+
+def test_noise_to_signal_is_sigma_sqrt_d_over_qn_and_warns_when_noise_dominates():
+    plan = PrivacyPlan(True, 3.0, 400, 1.0, 400.0, 1, 200, 1e-4, 20.0, 1.0)
+    small = noise_to_signal(plan, 400)
+    assert "= 1.00 " in small and "mostly noise" not in small  # 20 * 20 / 400
+    big = noise_to_signal(plan, 23_000)
+    assert f"= {20 * math.sqrt(23_000) / 400:.2f}" in big and "mostly noise" in big
+
+
+def test_the_baseline_trains_at_its_own_learning_rate(prep, tmp_path):
+    config = replace(FAST, epochs=2, learning_rate=0.5, baseline_learning_rate=0.07)
+    said: list[str] = []
+    train(
+        prep,
+        config=config,
+        target_epsilon=math.inf,
+        runs_dir=tmp_path,
+        run_id="b",
+        on_event=said.append,
+    )
+    plan = json.loads((tmp_path / "b" / "checkpoints" / "plan.json").read_text())
+    assert plan["train"]["learning_rate"] == 0.07
+    assert any("learning rate 0.07" in m for m in said)
+
+
+@pytest.mark.parametrize(
+    ("change", "word"),
+    [
+        ({"augment": True}, "augment"),
+        ({"initial_weights": "x.weights.h5"}, "initial_weights"),
+        ({"ema": 1.0}, "ema"),
+    ],
+)
+def test_settings_a_feature_model_cannot_honour_fail_before_anything_is_counted(
+    prep, tmp_path, change, word
+):
+    from covidct.privacy.ledger import read_ledger
+
+    before = len(read_ledger(prep).entries)
+    with pytest.raises(ConfigError, match=word):
+        train(prep, config=replace(FAST, **change), target_epsilon=3.0, runs_dir=tmp_path)
+    assert len(read_ledger(prep).entries) == before
+
+
+def test_mean_logit_unit_loss_is_the_cross_entropy_of_the_mean_slice_logit():
+    from covidct.tfsetup import tf
+
+    logits = tf.constant([[1.0, 3.0, 100.0], [-2.0, 0.0, 0.0]])
+    mask = tf.constant([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    y = tf.constant([1.0, 0.0])
+    got = unit_losses(logits, mask, y, UnitLoss.MEAN_LOGIT).numpy()
+    want = [math.log1p(math.exp(-2.0)), math.log1p(math.exp(-2.0))]  # mean logits 2 and -2
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_mean_logit_patient_score_is_the_sigmoid_of_the_mean_slice_logit():
+    probs = 1 / (1 + np.exp(-np.array([1.0, 3.0, -1.0])))
+    assert aggregate(probs, PatientScore.MEAN_LOGIT) == pytest.approx(1 / (1 + math.exp(-1.0)))
+
+
+def test_ema_averages_the_weights_and_swaps_back_the_live_ones():
+    class Model:
+        def __init__(self) -> None:
+            self.w = [np.array([0.0])]
+
+        def get_weights(self):
+            return [a.copy() for a in self.w]
+
+        def set_weights(self, ws):
+            self.w = [np.array(a) for a in ws]
+
+    m = Model()
+    ema = Ema(0.5, m.get_weights())
+    for value in (2.0, 4.0):
+        m.w = [np.array([value])]
+        ema.update(m)
+    assert ema.state()[0][0] == pytest.approx(0.5 * (0.5 * 0 + 0.5 * 2) + 0.5 * 4)  # 2.5
+    live = ema.swap_in(m)
+    assert m.w[0][0] == pytest.approx(2.5)
+    ema.swap_out(m, live)
+    assert m.w[0][0] == 4.0
+    off = Ema(0.0, m.get_weights())
+    assert off.swap_in(m) is None and m.w[0][0] == 4.0
+
+
+def test_grad_cam_of_a_scattering_model_looks_at_the_scattering_maps(scatter_run, prep):
+    from covidct.data.units import SliceStore
+    from covidct.inference import _last_feature_layer, grad_cam, load_bundle
+
+    result, _ = scatter_run
+    bundle = load_bundle(result.run_dir)
+    assert _last_feature_layer(bundle.model).name == "scattering"
+    units = load_units(prep, "test", PrivacyUnit.PATIENT)
+    f, i = units.slices[0][0]
+    cam = grad_cam(bundle, SliceStore(prep).get(f, i))
+    assert cam.shape == (32, 32) and cam.min() >= 0.0 and cam.max() <= 1.0
