@@ -101,9 +101,10 @@ def _utility_vs_batch(rows: list[dict[str, Any]]) -> bytes:
         )
     _baseline(ax, rows)
     if private:
-        ax.set_xscale("log", base=2)
         ticks = sorted({r["batch_size"] for r in private})
-        ax.set_xticks(ticks, [str(t) for t in ticks])
+        if ticks[0] > 0:  # 0 = every patient every step: no place on a log axis
+            ax.set_xscale("log", base=2)
+        ax.set_xticks(ticks, ["all" if t == 0 else str(t) for t in ticks])
         ax.minorticks_off()
     _finish(
         ax,

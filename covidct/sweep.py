@@ -97,8 +97,10 @@ def parse_epsilons(text: str) -> list[float]:
 def grid(epsilons: Sequence[float], batch_sizes: Sequence[int], seeds: int) -> list[SweepPoint]:
     if seeds < 1:
         raise SweepError(f"--seeds must be >= 1, got {seeds}")
-    if any(b < 1 for b in batch_sizes):
-        raise SweepError(f"--batch-sizes must be >= 1, got {list(batch_sizes)}")
+    if any(b < 0 for b in batch_sizes):
+        raise SweepError(
+            f"--batch-sizes must be >= 1 (or 0: every patient every step), got {list(batch_sizes)}"
+        )
     return [
         SweepPoint(e, b, s)
         for e in epsilons

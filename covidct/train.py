@@ -607,10 +607,12 @@ def _fit(
         loop.history.append(
             {"epoch": epoch, "steps": counted, "epsilon": eps, "validation_patient_auc": val_auc}
         )
-        say(
-            f"epoch {epoch}/{config.epochs}: epsilon spent {eps:.3f}, "
-            f"validation patient AUC {val_auc:.3f}"
-        )
+        every = max(1, config.epochs // 20)  # at most ~20 lines (full batch: an epoch = a step)
+        if epoch % every == 0 or epoch in (1, config.epochs):
+            say(
+                f"epoch {epoch}/{config.epochs}: epsilon spent {eps:.3f}, "
+                f"validation patient AUC {val_auc:.3f}"
+            )
         if not (val_auc <= loop.best_auc):  # NaN-safe: a NaN AUC never counts as improvement
             loop.best_auc, best_weights, loop.bad_epochs = val_auc, model.get_weights(), 0
         else:
@@ -1029,7 +1031,7 @@ def predict(model: Any, units: Units, store: Any, *, batch: int = 256) -> Predic
         part = refs[start : start + batch]
         x = store.inputs([ref for _, _, ref in part])
         logits = model(x, training=False).numpy()[:, 0]
-        probs[start : start + len(part)] = 1.0 / (1.0 + np.exp(-logits))
+        probs[start : start + len(part)] = 0.5 * (1.0 + np.tanh(logits / 2.0))  # sigmoid
     return Predictions(
         patients=[p for p, _, _ in refs],
         labels=np.array([lab for _, lab, _ in refs], np.float32),

@@ -168,4 +168,6 @@ def feature_stats(store: FeatureStore, refs: Sequence[tuple[str, int]]) -> tuple
     if not refs:
         raise DataError("no slices to estimate the feature scaling from")
     x = store.inputs(refs).astype(np.float64)
-    return x.mean(0).astype(np.float32), np.maximum(x.var(0), 1e-6).astype(np.float32)
+    # a floor on the spread (standard deviation 0.03 on the log scale): a feature nearly constant
+    # in these slices must not become a huge number on a slice where it is not
+    return x.mean(0).astype(np.float32), np.maximum(x.var(0), 1e-3).astype(np.float32)
