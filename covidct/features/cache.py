@@ -96,9 +96,9 @@ def ensure_features(
         )
         os.replace(tmp, meta)
     files = sorted(set(slice_files))
-    todo = [f for f in files if not _shard(folder, f).is_file()]
-    model = shared_extractor(size, spec) if todo else None
     store = SliceStore(prep, max_open=4)
+    todo = [f for f in files if not _current(_shard(folder, f), len(store.array(f)), spec)]
+    model = shared_extractor(size, spec) if todo else None
     n_slices = 0
     for done, f in enumerate(todo, 1):
         slices = np.asarray(store.array(f))
@@ -118,6 +118,17 @@ def ensure_features(
         "features %s: %d volumes computed, %d reused", folder, len(todo), stats.reused_volumes
     )
     return stats
+
+
+def _current(shard: Path, n_slices: int, spec: ScatteringSpec) -> bool:
+    """The shard exists and holds one row of features per slice of its scan (a scan prepared
+    again with other slices gets its features again)."""
+    if not shard.is_file():
+        return False
+    try:
+        return np.load(shard, mmap_mode="r").shape == (n_slices, spec.size)
+    except (OSError, ValueError):
+        return False
 
 
 class FeatureStore:

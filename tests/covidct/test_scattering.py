@@ -118,6 +118,15 @@ def test_an_interrupted_cache_recomputes_only_what_is_missing(cached_prep: Path)
     assert FeatureStore(cached_prep, SPEC).get(files[1], 0).shape == (SPEC.size,)
 
 
+def test_a_shard_that_no_longer_matches_its_scan_is_computed_again(cached_prep: Path) -> None:
+    files = _all_files(cached_prep)
+    shard = cache_folder(cached_prep, SPEC) / Path(files[0]).name
+    np.save(shard, np.zeros((1, SPEC.size), np.float32))  # a scan with other slices before
+    assert ensure_features(cached_prep, SPEC, files).computed_volumes == 1
+    n = len(SliceStore(cached_prep).array(files[0]))
+    assert FeatureStore(cached_prep, SPEC).array(files[0]).shape == (n, SPEC.size)
+
+
 def test_the_cache_key_follows_the_transform_and_the_slice_settings(cached_prep: Path) -> None:
     settings = json.loads((cached_prep / "dataset.json").read_text())["slices"]
     key = SPEC.key(settings)
