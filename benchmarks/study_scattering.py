@@ -52,37 +52,27 @@ def _burdens(prep: Path, truth: Path) -> dict[str, str]:
 
 
 def _test_scores(run: Path, prep: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Test patients' scores from the run's saved head applied to the cached features."""
+    """Test patients' scores: the run's trained head (taken from its saved model) on the cached
+    features, through covidct's own prediction (the same as the saved model on slices)."""
     import covidct.features  # noqa: F401
     from covidct.data.units import PrivacyUnit, load_units
-    from covidct.evaluate import PatientScore, Predictions
+    from covidct.evaluate import PatientScore
     from covidct.features.cache import FeatureStore
     from covidct.features.scattering import ScatteringSpec
+    from covidct.models import build_head
     from covidct.tfsetup import keras
+    from covidct.train import predict
 
     meta = json.loads((run / "run.json").read_text())
     metrics = json.loads((run / "metrics.json").read_text())
-    feats = meta["features"]
-    spec = ScatteringSpec(
-        j=feats["j"], angles=feats["angles"], grid=feats["grid"], log_floor=feats["log_floor"]
-    )
-    model = keras.models.load_model(run / "model.keras", compile=False)
-    norm, dense = model.get_layer("standardise"), model.get_layer("logit")
-    mean = np.asarray(norm.input_mean, np.float32)
-    var = np.asarray(norm.input_variance, np.float32)
-    w, b = dense.get_weights()
-    store = FeatureStore(prep, spec)
+    f = meta["features"]
+    spec = ScatteringSpec(j=f["j"], angles=f["angles"], grid=f["grid"], log_floor=f["log_floor"])
+    saved = keras.models.load_model(run / "model.keras", compile=False)
+    norm = saved.get_layer("standardise")
+    head = build_head(meta["model"], mean=norm.input_mean, variance=norm.input_variance)
+    head.get_layer("logit").set_weights(saved.get_layer("logit").get_weights())
     units = load_units(prep, "test", PrivacyUnit.PATIENT)
-    refs = [
-        (units.patients[u], units.labels[u], r) for u in range(len(units)) for r in units.slices[u]
-    ]
-    x = store.inputs([r for _, _, r in refs])
-    logits = ((x - mean) / np.sqrt(var)) @ w[:, 0] + b[0]
-    pred = Predictions(
-        patients=[p for p, _, _ in refs],
-        labels=np.array([lab for _, lab, _ in refs], np.float32),
-        probs=(0.5 * (1 + np.tanh(logits / 2))).astype(np.float32),
-    )
+    pred = predict(head, units, FeatureStore(prep, spec))
     return pred.by_patient(PatientScore(metrics.get("patient_score", "mean")))
 
 

@@ -113,15 +113,20 @@ def save_state(
     optimizer: list[np.ndarray],
     best_weights: list[np.ndarray],
     loop: LoopState,
+    ema: list[np.ndarray] | None = None,
 ) -> None:
-    """Write ``state.npz`` in one atomic replace (weights and counters always agree)."""
+    """Write ``state.npz`` in one atomic replace (weights and counters always agree).
+
+    ``ema``: the moving average of the weights, when the run keeps one.
+    """
+    ema = ema or []
     arrays: dict[str, np.ndarray] = {}
-    for prefix, values in (("w", weights), ("o", optimizer), ("b", best_weights)):
+    for prefix, values in (("w", weights), ("o", optimizer), ("b", best_weights), ("e", ema)):
         for i, a in enumerate(values):
             arrays[f"{prefix}{i}"] = np.asarray(a)
     meta = {
         "format": FORMAT,
-        "n": [len(weights), len(optimizer), len(best_weights)],
+        "n": [len(weights), len(optimizer), len(best_weights), len(ema)],
         "next_step": loop.next_step,
         "history": loop.history,
         "best_auc": loop.best_auc,
@@ -142,6 +147,7 @@ class SavedState:
     optimizer: list[np.ndarray]
     best_weights: list[np.ndarray]
     loop: LoopState
+    ema: list[np.ndarray] = field(default_factory=list)
 
 
 def load_state(run: Path) -> SavedState | None:
@@ -152,10 +158,11 @@ def load_state(run: Path) -> SavedState | None:
     try:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(z["meta"].tobytes().decode())
-            nw, no, nb = meta["n"]
+            nw, no, nb, *rest = meta["n"]  # checkpoints from before the EMA have three counts
             weights = [z[f"w{i}"] for i in range(nw)]
             opt = [z[f"o{i}"] for i in range(no)]
             best = [z[f"b{i}"] for i in range(nb)]
+            ema = [z[f"e{i}"] for i in range(rest[0] if rest else 0)]
     except (OSError, ValueError, KeyError) as exc:
         raise ResumeError(f"checkpoint {path} is unreadable ({exc}): the run cannot resume") from (
             exc
@@ -171,4 +178,4 @@ def load_state(run: Path) -> SavedState | None:
         done=bool(meta.get("done", False)),
         committed=int(meta.get("committed", 0)),
     )
-    return SavedState(weights, opt, best, loop)
+    return SavedState(weights, opt, best, loop, ema)

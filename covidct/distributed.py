@@ -34,7 +34,6 @@ __all__ = [
     "ClusterSpec",
     "augment_shift",
     "cluster_from_env",
-    "feature_loader",
     "partition",
     "replica_chunks",
     "rounds",
@@ -182,7 +181,7 @@ def augment_shift(size: int) -> int:
 def store_loader(
     units: Units,
     chosen: np.ndarray,
-    store: SliceStore,
+    store: SliceStore | FeatureStore,
     *,
     k: int,
     rng: np.random.Generator,
@@ -190,18 +189,23 @@ def store_loader(
 ) -> tuple[Callable[[int], UnitArrays], tuple[int, ...]]:
     """A ``load`` for ``replica_chunks`` over a prepared dataset, and the unit shape.
 
+    ``store`` gives each slice's model input: a ``SliceStore`` the slice (size, size, 1) in
+    [0, 1], a ``FeatureStore`` its cached fixed features.
+
     Which k slices a unit with more than k contributes is drawn HERE, for the whole global
     sample in its order, exactly as ``covidct.data.units.unit_chunks`` draws them: the choice
     does not depend on how many replicas share the batch, and one replica gets the same
     slices (and chunks) as ``unit_chunks``.
 
-    ``augment``: each slice is flipped left-right with probability 1/2 and shifted (cyclically)
-    by up to ``augment_shift(size)`` pixels each way, drawn here too (after the unit's slice
-    choice). It changes only what a unit's own gradient is computed on: the unit is still
-    clipped as one, so the privacy guarantee is unchanged.
+    ``augment`` (slices only): each slice is flipped left-right with probability 1/2 and
+    shifted (cyclically) by up to ``augment_shift(size)`` pixels each way, drawn here too (after
+    the unit's slice choice). It changes only what a unit's own gradient is computed on: the
+    unit is still clipped as one, so the privacy guarantee is unchanged.
     """
-    size = store.array(units.slices[0][0][0]).shape[-1] if len(units) else 0
-    shift = augment_shift(size)
+    shape = tuple(store.inputs([units.slices[0][0]]).shape[1:])  # one unit's slice, as read
+    if augment and (len(shape) != 3 or shape[-1] != 1):
+        raise ValueError(f"augmentation flips and shifts slices; these inputs are {shape}")
+    shift = augment_shift(shape[0])
     refs_of: dict[int, list[tuple[str, int]]] = {}
     moves_of: dict[int, list[tuple[bool, int, int]]] = {}
     for u in chosen:
@@ -217,48 +221,15 @@ def store_loader(
             ]
 
     def load(u: int) -> UnitArrays:
-        x = np.zeros((k, size, size, 1), np.float32)
-        mask = np.zeros(k, np.float32)
-        for s, (file, index) in enumerate(refs_of[u]):
-            img = store.get(file, index)
-            if augment:
-                flip, dy, dx = moves_of[u][s]
-                img = np.roll(img[:, ::-1] if flip else img, (dy, dx), axis=(0, 1))
-            x[s, :, :, 0] = img
-            mask[s] = 1.0
-        x /= 255.0
-        return x, mask, float(units.labels[u])
-
-    return load, (k, size, size, 1)
-
-
-def feature_loader(
-    units: Units,
-    chosen: np.ndarray,
-    store: FeatureStore,
-    *,
-    k: int,
-    rng: np.random.Generator,
-) -> tuple[Callable[[int], UnitArrays], tuple[int, ...]]:
-    """``store_loader`` for a model on cached features: x is (k, side, side, channels).
-
-    The k slices of a unit with more than k are drawn as ``store_loader`` draws them.
-    """
-    shape = store.shape()
-    refs_of: dict[int, list[tuple[str, int]]] = {}
-    for u in chosen:
-        refs = units.slices[int(u)]
-        if len(refs) > k:
-            refs = [refs[i] for i in np.sort(rng.choice(len(refs), size=k, replace=False))]
-        refs_of[int(u)] = refs
-
-    def load(u: int) -> UnitArrays:
         x = np.zeros((k, *shape), np.float32)
         mask = np.zeros(k, np.float32)
         refs = refs_of[u]
         if refs:
             x[: len(refs)] = store.inputs(refs)
             mask[: len(refs)] = 1.0
+        for s, (flip, dy, dx) in enumerate(moves_of.get(u, [])):
+            img = x[s, :, :, 0]
+            x[s, :, :, 0] = np.roll(img[:, ::-1] if flip else img, (dy, dx), axis=(0, 1))
         return x, mask, float(units.labels[u])
 
     return load, (k, *shape)

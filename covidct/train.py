@@ -29,7 +29,7 @@ from covidct.data.units import (
     load_units,
     slice_settings,
 )
-from covidct.distributed import feature_loader, replica_chunks, store_loader
+from covidct.distributed import replica_chunks, store_loader
 from covidct.evaluate import Predictions, auc_or_nan, split_metrics
 from covidct.privacy import accounting, ledger
 from covidct.privacy.accounting import Sampling
@@ -560,10 +560,9 @@ def _fit(
     ema = Ema(config.ema, model.get_weights())
     if saved is not None:
         model.set_weights(saved.weights)
-        n_opt = len(optimizer.variables)
-        for var, value in zip(optimizer.variables, saved.optimizer[:n_opt], strict=True):
+        for var, value in zip(optimizer.variables, saved.optimizer, strict=True):
             var.assign(value)
-        ema.restore(saved.optimizer[n_opt:], model.get_weights())
+        ema.restore(saved.ema, model.get_weights())
         best_weights, loop = saved.best_weights, saved.loop
         loop.attempts += 1
     sampler: PoissonSampler | ShuffledSampler
@@ -585,10 +584,10 @@ def _fit(
         checkpoint.save_state(
             run,
             weights=model.get_weights(),
-            # the EMA travels after the optimizer's slots (empty without EMA)
-            optimizer=[v.numpy() for v in optimizer.variables] + ema.state(),
+            optimizer=[v.numpy() for v in optimizer.variables],
             best_weights=best_weights,
             loop=loop,
+            ema=ema.state(),
         )
 
     def end_epoch(epoch: int) -> None:
@@ -637,23 +636,14 @@ def _fit(
         if chief:
             checkpoint.count_step(run, counted)
         chosen = sampler.sample(step)  # the same global sample on every worker
-        if fspec is not None:
-            load, shape = feature_loader(
-                job.train_units,
-                chosen,
-                store,
-                k=config.max_slices_per_unit,
-                rng=_slice_rng(config.seed, step),
-            )
-        else:
-            load, shape = store_loader(
-                job.train_units,
-                chosen,
-                store,
-                k=config.max_slices_per_unit,
-                rng=_slice_rng(config.seed, step),
-                augment=config.augment,
-            )
+        load, shape = store_loader(
+            job.train_units,
+            chosen,
+            store,
+            k=config.max_slices_per_unit,
+            rng=_slice_rng(config.seed, step),
+            augment=config.augment,
+        )
         rounds = replica_chunks(
             chosen,
             load,
@@ -715,7 +705,9 @@ def _finish(
     test_pred = predict(model, job.test, store)
     metrics = split_metrics(test_pred, val_pred, config.patient_score)
     metrics["validation_patient_auc_best"] = loop.best_auc
-    fspec = _features_of(config)
+    from covidct.models import feature_spec
+
+    fspec = feature_spec(config.model)
     if fspec is not None:
         from covidct.models import assemble
 
@@ -781,25 +773,11 @@ def _finish(
     return RunResult(run, report, metrics, device.describe(), execution, seconds)
 
 
-def _features_of(config: TrainConfig) -> Any:
-    from covidct.models import feature_spec
-
-    return feature_spec(config.model)
-
-
 def _features_record(prep: Path, fspec: Any) -> dict[str, Any] | None:
     if fspec is None:
         return None
-    from dataclasses import asdict
-
-    from covidct.features.scattering import KYMATIO_VERSION
-
-    return {
-        "transform": "scattering2d",
-        "kymatio": KYMATIO_VERSION,
-        **asdict(fspec),
-        "cache_key": fspec.key(slice_settings(prep)),
-    }
+    settings = slice_settings(prep)
+    return {**fspec.record(settings), "cache_key": fspec.key(settings)}
 
 
 def _standardisation_note(job: _Job) -> str:

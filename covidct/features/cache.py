@@ -12,19 +12,18 @@ computation resumes where it stopped and a concurrent run (a sweep) never reads 
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from covidct.data.units import DataError, SliceStore, slice_settings
-from covidct.features.scattering import KYMATIO_VERSION, ScatteringSpec
+from covidct.features.scattering import ScatteringSpec
+from data_prep.atomic import atomic_save_npy, atomic_write_json
 
 __all__ = ["CacheStats", "FeatureStore", "ensure_features"]
 
@@ -66,7 +65,7 @@ def ensure_features(
     Raises:
         DataError: a slice shard is unreadable, or its size does not fit the transform.
     """
-    from covidct.features.scattering import scattering_features, shared_extractor
+    from covidct.features.scattering import scattering_features
 
     t0 = time.perf_counter()
     settings = slice_settings(prep)
@@ -77,37 +76,17 @@ def ensure_features(
         raise DataError(f"{prep}: {exc}") from exc
     folder = cache_folder(prep, spec)
     folder.mkdir(parents=True, exist_ok=True)
-    meta = folder / "spec.json"
-    if not meta.is_file():
-        tmp = folder / "spec.json.tmp"
-        tmp.write_text(
-            json.dumps(
-                {
-                    "transform": "scattering2d",
-                    "kymatio": KYMATIO_VERSION,
-                    **asdict(spec),
-                    "slices": settings,
-                    "dtype": "float32",
-                    "layout": "(n, features)",
-                },
-                indent=2,
-                sort_keys=True,
-            )
-        )
-        os.replace(tmp, meta)
+    if not (folder / "spec.json").is_file():
+        record = {**spec.record(settings), "dtype": "float32", "layout": "(n, features)"}
+        atomic_write_json(folder / "spec.json", record)
     files = sorted(set(slice_files))
     store = SliceStore(prep, max_open=4)
     todo = [f for f in files if not _current(_shard(folder, f), len(store.array(f)), spec)]
-    model = shared_extractor(size, spec) if todo else None
     n_slices = 0
     for done, f in enumerate(todo, 1):
         slices = np.asarray(store.array(f))
-        feats = scattering_features(slices, spec=spec, model=model)
-        target = _shard(folder, f)
-        tmp = target.with_name(target.name + f".{os.getpid()}.tmp")
-        with tmp.open("wb") as fh:
-            np.save(fh, feats)
-        os.replace(tmp, target)
+        feats = scattering_features(slices, spec=spec)
+        atomic_save_npy(_shard(folder, f), feats)
         n_slices += len(slices)
         if progress is not None:
             progress(done, len(todo))
@@ -169,9 +148,6 @@ class FeatureStore:
     def inputs(self, refs: Sequence[tuple[str, int]]) -> np.ndarray:
         """The model input for these slices: (n, features) float32."""
         return np.stack([self.get(f, i) for f, i in refs])
-
-    def shape(self) -> tuple[int, ...]:
-        return (self.spec.size,)
 
 
 def feature_stats(store: FeatureStore, refs: Sequence[tuple[str, int]]) -> tuple[Any, Any]:

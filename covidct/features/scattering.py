@@ -89,17 +89,19 @@ class ScatteringSpec:
                 f"{max(4 * step, round(image_size / step) * step)}"
             )
 
+    def record(self, slice_settings: dict[str, Any]) -> dict[str, Any]:
+        """What features of slices made with ``slice_settings`` are: this transform, kymatio's
+        version and the slice settings (the cache's ``spec.json`` and ``key``)."""
+        return {
+            "transform": "scattering2d",
+            "kymatio": KYMATIO_VERSION,
+            **asdict(self),
+            "slices": slice_settings,
+        }
+
     def key(self, slice_settings: dict[str, Any]) -> str:
-        """Cache key: this transform, kymatio's version and how the slices were made."""
-        blob = json.dumps(
-            {
-                "transform": "scattering2d",
-                "kymatio": KYMATIO_VERSION,
-                **asdict(self),
-                "slices": slice_settings,
-            },
-            sort_keys=True,
-        )
+        """Cache key: a hash of ``record``."""
+        blob = json.dumps(self.record(slice_settings), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -169,44 +171,24 @@ def extractor(image_size: int, spec: ScatteringSpec) -> keras.Model:
     return keras.Model(inputs, pooled_features(maps, spec, image_size), name="scattering_features")
 
 
-_EXTRACTORS: dict[tuple[int, ScatteringSpec], keras.Model] = {}
+# one traced extractor per (size, spec) in this process: building and tracing one costs seconds,
+# and a sweep computes features for several runs
+_TRACED: dict[tuple[int, ScatteringSpec], Any] = {}
 
 
-def shared_extractor(image_size: int, spec: ScatteringSpec) -> keras.Model:
-    """One ``extractor`` per (size, spec) in this process: building and tracing one costs
-    seconds, and a sweep computes features for several runs."""
-    key = (image_size, spec)
-    if key not in _EXTRACTORS:
-        _EXTRACTORS[key] = extractor(image_size, spec)
-    return _EXTRACTORS[key]
-
-
-def scattering_features(
-    slices_u8: Any, *, spec: ScatteringSpec, batch: int = 128, model: Any = None
-) -> Any:
-    """Features of (n, S, S) uint8 lung-window slices: (n, spec.size) float32.
-
-    ``model``: an ``extractor`` for this size, reused across calls (tracing costs seconds).
-    """
+def scattering_features(slices_u8: Any, *, spec: ScatteringSpec, batch: int = 128) -> Any:
+    """Features of (n, S, S) uint8 lung-window slices: (n, spec.size) float32."""
     import numpy as np
 
     n, size = len(slices_u8), int(slices_u8.shape[-1])
-    model = model or shared_extractor(size, spec)
+    fn = _TRACED.get((size, spec))
+    if fn is None:
+        model = extractor(size, spec)
+        fn = _TRACED[(size, spec)] = tf.function(
+            lambda x: model(x, training=False), reduce_retracing=True
+        )
     out = np.empty((n, spec.size), np.float32)
-    fn = _compiled(model)
     for start in range(0, n, batch):
         x = np.asarray(slices_u8[start : start + batch], np.float32)[..., None] / 255.0
         out[start : start + len(x)] = fn(tf.constant(x)).numpy()
     return out
-
-
-_COMPILED: list[tuple[Any, Any]] = []  # (model, its traced call), the last few used
-
-
-def _compiled(model: Any) -> Any:
-    for known, fn in _COMPILED:
-        if known is model:
-            return fn
-    fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-    _COMPILED[:] = [(model, fn), *_COMPILED[:3]]
-    return fn
