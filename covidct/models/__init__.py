@@ -1,13 +1,14 @@
 """Model registry: name -> builder of a binary classifier of slices with one logit output.
 
 Two families: CNNs that learn their filters (``gn_cnn_small``, ``gn_resnet18``), and models on
-fixed features (``scattering``: a fixed scattering transform and an 82-parameter head, trained
-on cached features; the default, because it learns privately from a few hundred patients).
+fixed features (``scattering``: a fixed scattering transform and a 406-parameter linear head,
+trained on cached features; the default, because few trainable parameters hear less DP noise).
 
 Every model takes (input_size, input_size, 1) slices with values in [0, 1] (the lung window
 divided by 255) and returns one logit per slice: train with
-``keras.losses.BinaryCrossentropy(from_logits=True)``. Models use tf-keras built-in layers only,
-so ``keras.models.load_model(path)`` reads a saved one without covidct.
+``keras.losses.BinaryCrossentropy(from_logits=True)``. CNNs use tf-keras built-in layers only,
+so ``keras.models.load_model(path)`` reads a saved one without covidct; a scattering model
+needs ``import covidct.features`` first (it registers the transform's layer).
 
     model = build_model("gn_cnn_small", input_size=64, seed=0)
     validate_model(model)  # raises ModelValidationError on BatchNorm
