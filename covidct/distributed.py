@@ -186,6 +186,7 @@ def store_loader(
     k: int,
     rng: np.random.Generator,
     augment: bool = False,
+    views: int = 1,
 ) -> tuple[Callable[[int], UnitArrays], tuple[int, ...]]:
     """A ``load`` for ``replica_chunks`` over a prepared dataset, and the unit shape.
 
@@ -201,10 +202,17 @@ def store_loader(
     shifted (cyclically) by up to ``augment_shift(size)`` pixels each way, drawn here too (after
     the unit's slice choice). It changes only what a unit's own gradient is computed on: the
     unit is still clipped as one, so the privacy guarantee is unchanged.
+
+    ``views`` > 1 (with ``augment``; augmentation multiplicity): the unit holds ``views``
+    independently augmented copies of its slices, view-major (slots ``v*k .. v*k+k-1`` are view
+    v), so its loss averages over every view before the unit is clipped. The unit's shape
+    becomes (views*k, ...).
     """
     shape = tuple(store.inputs([units.slices[0][0]]).shape[1:])  # one unit's slice, as read
     if augment and (len(shape) != 3 or shape[-1] != 1):
         raise ValueError(f"augmentation flips and shifts slices; these inputs are {shape}")
+    if views < 1 or (views > 1 and not augment):
+        raise ValueError(f"views={views} needs augment and must be at least 1")
     shift = augment_shift(shape[0])
     refs_of: dict[int, list[tuple[str, int]]] = {}
     moves_of: dict[int, list[tuple[bool, int, int]]] = {}
@@ -213,23 +221,27 @@ def store_loader(
         if len(refs) > k:
             refs = [refs[i] for i in np.sort(rng.choice(len(refs), size=k, replace=False))]
         refs_of[int(u)] = refs
-        if augment:
-            flips = rng.random(len(refs)) < 0.5
-            shifts = rng.integers(-shift, shift + 1, size=(len(refs), 2))
+        if augment:  # view-major: views * len(refs) moves
+            flips = rng.random(views * len(refs)) < 0.5
+            shifts = rng.integers(-shift, shift + 1, size=(views * len(refs), 2))
             moves_of[int(u)] = [
                 (bool(f), int(dy), int(dx)) for f, (dy, dx) in zip(flips, shifts, strict=True)
             ]
 
     def load(u: int) -> UnitArrays:
-        x = np.zeros((k, *shape), np.float32)
-        mask = np.zeros(k, np.float32)
+        x = np.zeros((views * k, *shape), np.float32)
+        mask = np.zeros(views * k, np.float32)
         refs = refs_of[u]
+        n = len(refs)
         if refs:
-            x[: len(refs)] = store.inputs(refs)
-            mask[: len(refs)] = 1.0
-        for s, (flip, dy, dx) in enumerate(moves_of.get(u, [])):
+            base = store.inputs(refs)
+            for v in range(views):
+                x[v * k : v * k + n] = base
+                mask[v * k : v * k + n] = 1.0
+        for i, (flip, dy, dx) in enumerate(moves_of.get(u, [])):
+            s = (i // n) * k + i % n
             img = x[s, :, :, 0]
             x[s, :, :, 0] = np.roll(img[:, ::-1] if flip else img, (dy, dx), axis=(0, 1))
         return x, mask, float(units.labels[u])
 
-    return load, (k, *shape)
+    return load, (views * k, *shape)

@@ -406,6 +406,14 @@ def _check_model(config: TrainConfig) -> None:
 
     if not 0.0 <= config.ema < 1.0:
         raise ConfigError(f"train.ema must be in [0, 1), got {config.ema}")
+    if config.augment_views < 1:
+        raise ConfigError(f"train.augment_views must be 1 or more, got {config.augment_views}")
+    if config.augment_views > 1 and not config.augment:
+        raise ConfigError(
+            f"train.augment_views={config.augment_views} averages augmented views of each slice, "
+            "but train.augment is off, so every view would be the same slice: set "
+            "train.augment true, or train.augment_views 1"
+        )
     if feature_spec(config.model) is None:
         return
     cnn = "or choose a CNN that learns from slices (--set train.model=gn_cnn_small)"
@@ -643,6 +651,7 @@ def _fit(
             k=config.max_slices_per_unit,
             rng=_slice_rng(config.seed, step),
             augment=config.augment,
+            views=config.augment_views,
         )
         rounds = replica_chunks(
             chosen,
@@ -954,6 +963,13 @@ def _privacy_report(
             else "not applicable: trained without differential privacy"
         ),
     )
+    if config.augment_views > 1 and plan.dp:
+        note = (
+            f"Augmentation multiplicity: each training slice was seen in {config.augment_views} "
+            "flipped/shifted views per step, averaged inside its unit before the unit's gradient "
+            "was clipped; the unit is clipped once, so the views do not change the guarantee."
+        )
+        report = replace(report, notes=[*report.notes, note])
     if initial_weights_sha256:
         note = (
             f"Training started from the weights in {Path(config.initial_weights).name} "

@@ -53,6 +53,10 @@ class TrainConfig:
             positive patient is explained by its lesion slices).
         augment: flip each training slice left-right at random and shift it by up to size/24
             pixels (per unit, drawn from (seed, step)); the unit is still clipped as one.
+        augment_views: augmentation multiplicity (De et al. 2022): each of a unit's slices is
+            seen in this many augmented views per step, and the unit's loss averages over all
+            of them before its gradient is clipped, so the views cost no privacy (1 = off; above
+            1 needs ``augment``). Compute per step grows by this factor.
         early_stopping_patience: epochs without validation improvement before stopping (0=off).
         restore_best: keep the weights of the epoch with the best validation patient AUC
             (else the last epoch's).
@@ -93,6 +97,7 @@ class TrainConfig:
     patient_score: PatientScore = PatientScore.MEAN_LOGIT
     unit_loss: UnitLoss = UnitLoss.MEAN_LOGIT
     augment: bool = False
+    augment_views: int = 1
     early_stopping_patience: int = 0
     restore_best: bool = True
     initial_weights: str = ""

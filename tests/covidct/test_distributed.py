@@ -308,3 +308,53 @@ def test_one_chunk_for_several_replicas_is_refused(replicated, name):
     """accumulate() under 2 replicas would feed the same chunk to both (counted twice)."""
     assert bool(replicated[name]["refused_plain_accumulate"])
     assert not bool(replicated["single"]["refused_plain_accumulate"])
+
+
+def test_augmentation_multiplicity_holds_views_of_the_same_slices_view_major(tmp_path):
+    units, store = _store(tmp_path)
+    chosen = np.array([0, 1, 2, 3])
+    views, k = 3, 2
+    load, shape = store_loader(
+        units, chosen, store, k=k, rng=np.random.default_rng(4), augment=True, views=views
+    )
+    assert shape[0] == views * k
+    m = augment_shift(shape[1])
+
+    def sources_of(img, sources):
+        return {
+            i
+            for i, src in enumerate(sources)
+            for f in (False, True)
+            for dy in range(-m, m + 1)
+            for dx in range(-m, m + 1)
+            if np.array_equal(img, np.roll(src[:, ::-1] if f else src, (dy, dx), (0, 1)))
+        }
+
+    differ = 0
+    for u in chosen:
+        x, mask, y = load(int(u))
+        assert y == units.labels[int(u)]
+        n = min(k, len(units.slices[int(u)]))
+        np.testing.assert_array_equal(mask, np.tile([1.0] * n + [0.0] * (k - n), views))
+        sources = [store.get(f, i).astype(np.float32) / 255.0 for f, i in units.slices[int(u)]]
+        for s in range(n):
+            # every view of slot s is a flip/shift of one and the same slice of this unit
+            common = set.intersection(
+                *(sources_of(x[v * k + s, :, :, 0], sources) for v in range(views))
+            )
+            assert common, f"unit {u} slot {s}: the views are not of one slice"
+            differ += sum(not np.array_equal(x[v * k + s], x[s]) for v in range(1, views))
+    assert differ > 0  # the views are drawn independently, not copies of view 0
+    with pytest.raises(ValueError, match="augment"):
+        store_loader(units, chosen, store, k=k, rng=np.random.default_rng(4), views=2)
+
+
+def test_one_view_draws_exactly_what_plain_augmentation_draws(tmp_path):
+    units, store = _store(tmp_path)
+    chosen = np.array([0, 1, 2, 3])
+    a, _ = store_loader(units, chosen, store, k=2, rng=np.random.default_rng(9), augment=True)
+    b, _ = store_loader(
+        units, chosen, store, k=2, rng=np.random.default_rng(9), augment=True, views=1
+    )
+    for u in chosen:
+        np.testing.assert_array_equal(a(int(u))[0], b(int(u))[0])

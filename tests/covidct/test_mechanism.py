@@ -332,3 +332,32 @@ def test_proportional_split_gives_big_layers_more_of_c_and_still_bounds_the_tota
     for members, cg in zip(_groups(dp), dp.group_norms, strict=True):
         gnorm = np.linalg.norm(np.concatenate([np.asarray(grads[i]).ravel() for i in members]))
         assert gnorm <= cg * (1 + 1e-5)
+
+
+@pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
+def test_augmented_views_are_averaged_inside_the_unit_and_clipped_once(mode):
+    """Augmentation multiplicity: a unit holding V views of its k slices (distributed.
+    store_loader's view-major layout) contributes clip(mean of the views' gradients), one
+    clipped vector, not V clipped vectors."""
+    model = tiny_model()
+    rng = np.random.default_rng(3)
+    views, k, c = 3, 2, 0.01
+    x = rng.random((1, views * k, 8, 8, 1), dtype=np.float32)
+    mask, y, present = np.ones((1, views * k), np.float32), np.ones(1, np.float32), np.ones(1)
+    present = present.astype(np.float32)
+    raw = DPSettings(clip_norm=None, noise_multiplier=0.0, expected_batch_size=1.0)
+    per_view = [
+        flat(
+            dp_sum(
+                model, raw, mode, (x[:, v * k : (v + 1) * k], mask[:, :k], y, present)
+            ).clipped_sum()
+        )
+        for v in range(views)
+    ]
+    mean = np.mean(per_view, axis=0)
+    want = mean * min(1.0, c / np.linalg.norm(mean))
+    clipped = DPSettings(clip_norm=c, noise_multiplier=0.0, expected_batch_size=1.0)
+    got = flat(dp_sum(model, clipped, mode, (x, mask, y, present)).clipped_sum())
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-7)
+    separately = np.sum([g * min(1.0, c / np.linalg.norm(g)) for g in per_view], axis=0)
+    assert np.linalg.norm(got - separately) > 0.1 * c  # not V units clipped one by one

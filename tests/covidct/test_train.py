@@ -347,3 +347,26 @@ def test_an_early_stop_counts_the_planned_steps_and_fallback_patients_are_named(
     released = next(n for n in r["notes"] if n.startswith("Published without noise"))
     assert "N = 28" in released and "validation" in released and "audit" in released
     assert "SHAKE-256" in r["randomness"]
+
+
+def test_augmentation_multiplicity_trains_and_the_report_says_so(prep, tmp_path):
+    from covidct.config import ConfigError
+    from covidct.privacy.ledger import read_ledger
+
+    before = len(read_ledger(prep).entries)
+    with pytest.raises(ConfigError, match="augment_views"):
+        train(prep, config=replace(TINY, augment_views=2), target_epsilon=3.0, runs_dir=tmp_path)
+    assert len(read_ledger(prep).entries) == before  # refused before anything was counted
+    cfg = replace(TINY, epochs=1, augment=True, augment_views=3)
+    result = train(prep, config=cfg, target_epsilon=3.0, runs_dir=tmp_path, run_id="am")
+    assert any("3 flipped/shifted views" in note for note in result.privacy.notes)
+    plain = train(
+        prep,
+        config=replace(cfg, augment_views=1),
+        target_epsilon=3.0,
+        runs_dir=tmp_path,
+        run_id="plain",
+    )
+    # the views change what a unit's gradient is computed on, not the accounting
+    assert result.privacy.epsilon == plain.privacy.epsilon
+    assert not any("views" in note for note in plain.privacy.notes)
