@@ -117,6 +117,25 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_config_args(t)
 
+    pt = sub.add_parser(
+        "pretrain",
+        help="train WITHOUT DP on public data; write starting weights and their provenance",
+    )
+    pt.add_argument(
+        "--data", type=Path, required=True, help="a prepared dataset that needs no protection"
+    )
+    pt.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="writes OUT.weights.h5 and OUT.json; start a private run with "
+        "--set train.initial_weights=OUT.weights.h5",
+    )
+    pt.add_argument("--runs", type=Path, default=Path("runs"), help="folder for the run folder")
+    pt.add_argument("--run-id", help="name of the run folder (default: time-epsilon-random)")
+    pt.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_config_args(pt)
+
     w = sub.add_parser("sweep", help="privacy/utility curves: a grid of trainings")
     w.add_argument("--data", type=Path, required=True, help="the prepared-data folder (PREP)")
     w.add_argument(
@@ -339,6 +358,35 @@ def _cmd_train(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def _cmd_pretrain(args: argparse.Namespace, cfg: Config) -> int:
+    from covidct.config import to_dict
+    from covidct.pretrain import pretrain, provenance_path
+
+    progress = not args.no_progress and sys.stderr.isatty()
+    say = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
+    result, start = pretrain(
+        args.data,
+        out=args.out,
+        config=cfg.train,
+        runs_dir=args.runs,
+        run_id=args.run_id,
+        resolved_config=to_dict(cfg),
+        progress=progress,
+        on_event=say,
+    )
+    auc = result.metrics["patient"]["auc"]
+    public = start.public_data or {}
+    print(f"run {result.run_dir}: NO differential privacy (public pretraining)")
+    print(f"public test patients: AUC {_fmt(auc)}")
+    print(f"weights:    {start.weights} (SHA-256 {start.sha256})")
+    print(
+        f"provenance: {provenance_path(start.weights)} (public manifest SHA-256 "
+        f"{public.get('manifest_sha256')}, {public.get('patients')} patients)"
+    )
+    print(f"start a private run from them: --set train.initial_weights={start.weights}")
+    return 0
+
+
 def _fmt3(x: object) -> str:
     return f"{x:.3f}" if isinstance(x, int | float) else "n/a"
 
@@ -510,6 +558,7 @@ COMMANDS = {
     "synth": _cmd_synth,
     "prepare": _cmd_prepare,
     "train": _cmd_train,
+    "pretrain": _cmd_pretrain,
     "sweep": _cmd_sweep,
     "report": _cmd_report,
     "audit": _cmd_audit,

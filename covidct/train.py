@@ -31,6 +31,7 @@ from covidct.data.units import (
 )
 from covidct.distributed import replica_chunks, store_loader
 from covidct.evaluate import Predictions, auc_or_nan, split_metrics
+from covidct.pretrain import PublicStart, load_start
 from covidct.privacy import accounting, ledger
 from covidct.privacy.accounting import Sampling
 from covidct.privacy.modes import ExecutionMode, PerLayerSplit
@@ -173,6 +174,7 @@ class _Job:
     say: Callable[[str], None]
     progress: bool
     t0: float
+    start: PublicStart | None = None  # public starting weights (train.initial_weights)
 
 
 def train(
@@ -212,11 +214,7 @@ def train(
     train_units, val, test = _load_splits(prep, config)
     _check_clipping(config)
     _check_model(config)
-    if config.initial_weights and not Path(config.initial_weights).is_file():
-        raise DataError(
-            f"initial weights {config.initial_weights} not found: give the path of a weights "
-            "file of the same model and image size (train.initial_weights)"
-        )
+    start = _public_start(config, prep)
     plan = plan_privacy(n_units=len(train_units), config=config, target_epsilon=target_epsilon)
     say(_describe_plan(plan, config))
     if plan.dp and config.privacy_unit is PrivacyUnit.PATIENT:
@@ -259,7 +257,7 @@ def train(
                 "train": to_dict(config),
             },
         )
-    job = _Job(prep, config, plan, run, rid, train_units, val, test, say, progress, t0)
+    job = _Job(prep, config, plan, run, rid, train_units, val, test, say, progress, t0, start)
     return _fit(job, device, saved=None, counted=0, stop_at=plan.steps)
 
 
@@ -305,6 +303,7 @@ def resume(
             f"{saved_plan['n_units']}: the prepared data changed, so {run} cannot resume"
         )
     _check_same_mechanism(run, saved_plan, plan)
+    start = _public_start(config, prep)
     counted = checkpoint.steps_counted(run)
     saved = checkpoint.load_state(run)
     next_step = saved.loop.next_step if saved else 0
@@ -343,7 +342,7 @@ def resume(
             refusal = exc
     if not device.all_agree(refusal is None):  # the other workers stop with worker 0
         raise refusal or CovidCTError("worker 0 refused to resume this run (see its message)")
-    job = _Job(prep, config, plan, run, rid, train_units, val, test, say, progress, t0)
+    job = _Job(prep, config, plan, run, rid, train_units, val, test, say, progress, t0, start)
     return _fit(job, device, saved=saved, counted=counted, stop_at=next_step + take)
 
 
@@ -427,11 +426,6 @@ def _check_model(config: TrainConfig) -> None:
             f"train.pipeline_stages splits a deep model across IPUs; {config.model!r} trains one "
             f"small layer: set train.pipeline_stages 0, {cnn}"
         )
-    if config.initial_weights:
-        raise ConfigError(
-            f"train.initial_weights loads a CNN's weights; {config.model!r} has a fixed transform "
-            f"and a head trained from scratch: leave train.initial_weights empty, {cnn}"
-        )
 
 
 def _pipeline_ipus(config: TrainConfig) -> int:
@@ -509,14 +503,17 @@ def _fit(
     store: Any = SliceStore(job.prep)
     if fspec is not None:
         store, mean, variance = _feature_store(job, fspec)
+        public = job.start.standardise if job.start is not None else None
+        if public is not None:  # the pretrained head's own constants (public statistics)
+            mean, variance = public
     with device.strategy.scope():
         if fspec is not None:
             model = build_head(config.model, mean=mean, variance=variance)
         else:
             model = build_model(config.model, input_size=size, seed=config.seed)
         validate_model(model)
-        if config.initial_weights and saved is None:
-            _load_initial_weights(model, Path(config.initial_weights))
+        if job.start is not None and saved is None:
+            _load_initial_weights(model, job.start.weights)
         optimizer = _optimizer(config, keras)
         optimizer.build(model.trainable_variables)  # its slots exist, so a checkpoint holds them
         groups = _stage_groups(config, job.prep, model)
@@ -728,7 +725,6 @@ def _finish(
     steps_repeated = counted - loop.next_step
     # an early stop ends training sooner, but the planned steps are what the mechanism ran
     accounted = max(counted, loop.committed)
-    start_sha = _sha256(Path(config.initial_weights)) if config.initial_weights else None
     report = _privacy_report(
         plan,
         config,
@@ -738,7 +734,7 @@ def _finish(
         steps_repeated=steps_repeated,
         steps_taken_early=counted if counted < accounted else None,
         released=_released(job),
-        initial_weights_sha256=start_sha,
+        start=job.start,
     )
     if fspec is not None:
         report = replace(report, notes=[*report.notes, _standardisation_note(job)])
@@ -769,9 +765,8 @@ def _finish(
             "steps_accounted": accounted,
             "steps_repeated": steps_repeated,
             "attempts": loop.attempts,
-            "initial_weights": (
-                {"file": config.initial_weights, "sha256": start_sha} if start_sha else None
-            ),
+            # public starting weights: their SHA-256 and the public manifest's
+            "initial_weights": job.start.record() if job.start is not None else None,
             # a model on fixed features: what the transform was (the saved model contains it)
             "features": _features_record(job.prep, fspec),
             # data-parallel replicas (all workers); the noise is drawn once per logical batch
@@ -790,6 +785,13 @@ def _features_record(prep: Path, fspec: Any) -> dict[str, Any] | None:
 
 
 def _standardisation_note(job: _Job) -> str:
+    if job.start is not None and job.start.standardise is not None:
+        return (
+            "The model's features are a fixed scattering transform of each slice (no training "
+            "data involved). They were standardised with the constants that came with the "
+            f"public starting weights ({job.start.weights.name}), estimated on that public "
+            "data's features, never on the private training patients'."
+        )
     return (
         "The model's features are a fixed scattering transform of each slice (no training "
         "data involved). Before training they were standardised per channel with the mean and "
@@ -905,7 +907,7 @@ def _privacy_report(
     steps_repeated: int = 0,
     steps_taken_early: int | None = None,
     released: list[str] | None = None,
-    initial_weights_sha256: str | None = None,
+    start: PublicStart | None = None,
 ) -> Any:
     """The epsilon report for the steps counted (every started step; after an early stop,
     every planned step)."""
@@ -970,14 +972,8 @@ def _privacy_report(
             "was clipped; the unit is clipped once, so the views do not change the guarantee."
         )
         report = replace(report, notes=[*report.notes, note])
-    if initial_weights_sha256:
-        note = (
-            f"Training started from the weights in {Path(config.initial_weights).name} "
-            f"(SHA-256 {initial_weights_sha256[:16]}...). The guarantee covers what this run "
-            "learned from its training patients; it says nothing about the data those weights "
-            "were made from, which must itself be public (or covered by its own guarantee)."
-        )
-        report = replace(report, notes=[*report.notes, note])
+    if start is not None:
+        report = replace(report, notes=[*report.notes, start.note()])
     return report
 
 
@@ -1002,12 +998,6 @@ def _released(job: _Job) -> list[str]:
         "the membership audit's figures (audit.json): the model's outputs on training "
         "patients, summarised without noise",
     ]
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def predict(model: Any, units: Units, store: Any, *, batch: int = 256) -> Predictions:
@@ -1153,6 +1143,14 @@ def _optimizer(config: TrainConfig, keras: Any) -> Any:
         return keras.optimizers.Adam(learning_rate=config.learning_rate)
     momentum = config.momentum if config.optimizer is OptimizerName.MOMENTUM else 0.0
     return keras.optimizers.SGD(learning_rate=config.learning_rate, momentum=momentum)
+
+
+def _public_start(config: TrainConfig, prep: Path) -> PublicStart | None:
+    """train.initial_weights checked against its provenance and ``prep`` (before anything is
+    counted), or None."""
+    if not config.initial_weights:
+        return None
+    return load_start(Path(config.initial_weights), config=config, prep=prep)
 
 
 def _load_initial_weights(model: Any, path: Path) -> None:

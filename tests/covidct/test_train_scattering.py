@@ -113,7 +113,6 @@ def test_the_baseline_trains_at_its_own_learning_rate(prep, tmp_path):
     ("change", "word"),
     [
         ({"augment": True}, "augment"),
-        ({"initial_weights": "x.weights.h5"}, "initial_weights"),
         ({"ema": 1.0}, "ema"),
     ],
 )
