@@ -35,77 +35,12 @@ from covidct.pretrain import PublicStart, load_start
 from covidct.privacy import accounting, ledger
 from covidct.privacy.accounting import Sampling
 from covidct.privacy.modes import ExecutionMode, PerLayerSplit
+from covidct.privacy.plan import PrivacyPlan, plan_privacy
 from covidct.runs import check_new_run, create_run_dir, new_run_id, write_json, write_yaml
 from covidct.train_config import OptimizerName, TrainConfig
 from data_prep.errors import CovidCTError
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class PrivacyPlan:
-    """The privacy numbers of a run, fixed before training starts."""
-
-    dp: bool
-    target_epsilon: float
-    n_units: int
-    sampling_rate: float
-    expected_batch_size: float
-    steps_per_epoch: int
-    steps: int
-    delta: float
-    noise_multiplier: float
-    clip_norm: float | None
-
-
-def plan_privacy(*, n_units: int, config: TrainConfig, target_epsilon: float) -> PrivacyPlan:
-    """Sampling rate, steps, delta and the calibrated noise multiplier for this request.
-
-    Raises:
-        PrivacyRequestError: epsilon <= 0, delta >= 1/N, batch larger than N, too few units, or
-            an epsilon that needs absurd noise.
-    """
-    dp = math.isfinite(target_epsilon)
-    batch = config.batch_size or n_units  # 0: every unit every step (full-batch DP-GD, q = 1)
-    q = min(1.0, batch / max(n_units, 1))
-    steps_per_epoch = max(1, round(1.0 / q))
-    steps = config.epochs * steps_per_epoch
-    delta = config.delta or accounting.default_delta(n_units)
-    accounting.validate_request(
-        target_epsilon=target_epsilon if dp else None,
-        delta=delta,
-        n_units=n_units,
-        expected_batch_size=batch,
-        steps=steps,
-    )
-    sigma = 0.0
-    if dp:
-        sigma = accounting.calibrate_noise(
-            target_epsilon=target_epsilon,
-            sampling_rate=q,
-            steps=steps,
-            delta=delta,
-            accountant=config.accountant,
-        )
-        accounting.check_noise_is_usable(
-            sigma,
-            target_epsilon=target_epsilon,
-            sampling_rate=q,
-            epochs=config.epochs,
-            n_units=n_units,
-        )
-    return PrivacyPlan(
-        dp=dp,
-        target_epsilon=target_epsilon,
-        n_units=n_units,
-        sampling_rate=q,
-        expected_batch_size=q * n_units,
-        steps_per_epoch=steps_per_epoch,
-        steps=steps,
-        delta=delta,
-        noise_multiplier=sigma,
-        clip_norm=config.clip_norm if dp else None,
-    )
 
 
 @dataclass
@@ -216,7 +151,7 @@ def train(
     _check_model(config)
     start = _public_start(config, prep)
     plan = plan_privacy(n_units=len(train_units), config=config, target_epsilon=target_epsilon)
-    say(_describe_plan(plan, config))
+    say(plan.describe(config.learning_rate))
     if plan.dp and config.privacy_unit is PrivacyUnit.PATIENT:
         warning = _unit_basis_warning(train_units)
         if warning:
@@ -232,7 +167,7 @@ def train(
     else:
         try:
             check_new_run(runs_dir, rid)  # before the ledger records it
-            spent = ledger.begin_run(prep, _ledger_entry(rid, runs_dir / rid, plan, config))
+            spent = ledger.begin_run(prep, plan.ledger_entry(rid, runs_dir / rid))
         except CovidCTError as exc:
             refusal = exc
     if not device.all_agree(refusal is None):  # the other workers stop with worker 0
@@ -334,7 +269,7 @@ def resume(
     device = (placement or Placement()).choose(config, private=plan.dp)  # TensorFlow from here
     refusal: CovidCTError | None = None
     if device.is_chief:
-        eps_final = _epsilon_at(plan, config, counted + take)
+        eps_final = plan.epsilon(counted + take)
         try:
             spent = ledger.resume_run(prep, rid, steps=counted + take, epsilon=eps_final)
             say(f"privacy ledger of {prep}: total spent with this run {_fmt_eps(spent)}")
@@ -465,18 +400,6 @@ def _load_splits(prep: Path, config: TrainConfig) -> tuple[Units, Units, Units]:
     return train_units, val, test
 
 
-def _epsilon_at(plan: PrivacyPlan, config: TrainConfig, steps: int) -> float:
-    if not plan.dp:
-        return math.inf
-    return accounting.compute_epsilon(
-        noise_multiplier=plan.noise_multiplier,
-        sampling_rate=plan.sampling_rate,
-        steps=steps,
-        delta=plan.delta,
-        accountant=config.accountant,
-    )
-
-
 def _slice_rng(seed: int, step: int) -> np.random.Generator:
     """Which k slices each sampled patient contributes at ``step``: a pure function of
     (seed, step), so a resumed run draws what the uninterrupted run would have drawn."""
@@ -557,7 +480,7 @@ def _fit(
                 runner=device.run,
             )
     if plan.dp:
-        say(noise_to_signal(plan, _trainable_count(model)))
+        say(plan.noise_to_signal(_trainable_count(model)))
     loop = checkpoint.LoopState()
     best_weights = model.get_weights()
     # the exponential moving average of the weights (De et al. 2022): post-processing of the
@@ -577,7 +500,7 @@ def _fit(
         )
     else:
         sampler = ShuffledSampler(len(job.train_units), batch_size=config.batch_size, secret=secret)
-    planned_eps = _epsilons(plan, config)
+    planned_eps = plan.epsilon_per_epoch()
     first_step = loop.next_step
     spe = plan.steps_per_epoch
     if not loop.done:  # what this attempt sets out to take counts, even if it stops early
@@ -606,7 +529,7 @@ def _fit(
         eps = (
             planned_eps[epoch - 1]
             if counted == epoch * spe and epoch <= len(planned_eps)
-            else _epsilon_at(plan, config, counted)
+            else plan.epsilon(counted)
         )
         loop.history.append(
             {"epoch": epoch, "steps": counted, "epsilon": eps, "validation_patient_auc": val_auc}
@@ -838,31 +761,6 @@ def _trainable_count(model: Any) -> int:
     return int(sum(int(np.prod(v.shape)) for v in model.trainable_variables))
 
 
-def noise_to_signal(plan: PrivacyPlan, trainable: int) -> str:
-    """The noise in one averaged update against its clipped signal, for ``trainable`` parameters.
-
-    The update is (sum of clipped unit gradients + N(0, sigma^2 C^2 I_d)) / (q N): the signal has
-    norm at most C, the noise about sigma C sqrt(d) / (q N).
-    """
-    qn = plan.expected_batch_size
-
-    def ratio(d: float) -> float:
-        return plan.noise_multiplier * math.sqrt(d) / qn
-
-    r = ratio(trainable)
-    text = (
-        f"noise-to-signal per step: sigma*sqrt(d)/(qN) = {plan.noise_multiplier:.3g} x "
-        f"sqrt({trainable}) / {qn:.0f} = {r:.2f} (noise norm per unit of clipped signal, d = "
-        f"trainable parameters); at this N a 23 k-parameter CNN would have {ratio(23_000):.2f}"
-    )
-    if r > 1:
-        text += (
-            ": each update is mostly noise. Fewer trainable parameters (the default scattering "
-            "model), more patients or a larger epsilon help."
-        )
-    return text
-
-
 class Ema:
     """Exponential moving average of a model's weights; decay 0 = off (the live weights)."""
 
@@ -917,17 +815,7 @@ def _privacy_report(
     passes = steps_taken * plan.sampling_rate  # expected passes over the data: steps * q
     slice_units = config.privacy_unit is PrivacyUnit.SLICE
     most_per_patient = _max_units_per_patient(train_units) if slice_units else None
-    epsilon = (
-        accounting.compute_epsilon(
-            noise_multiplier=plan.noise_multiplier,
-            sampling_rate=plan.sampling_rate,
-            steps=steps_taken,
-            delta=plan.delta,
-            accountant=config.accountant,
-        )
-        if plan.dp
-        else math.inf
-    )
+    epsilon = plan.epsilon(steps_taken)
     report = build_report(
         dp=plan.dp,
         target_epsilon=plan.target_epsilon if plan.dp else None,
@@ -1023,34 +911,6 @@ def predict(model: Any, units: Units, store: Any, *, batch: int = 256) -> Predic
     )
 
 
-def _ledger_entry(rid: str, run_dir: Path, plan: PrivacyPlan, config: TrainConfig) -> Any:
-    """The ledger's record of a run about to start: its PLANNED steps and epsilon."""
-    eps = (
-        accounting.compute_epsilon(
-            noise_multiplier=plan.noise_multiplier,
-            sampling_rate=plan.sampling_rate,
-            steps=plan.steps,
-            delta=plan.delta,
-            accountant=config.accountant,
-        )
-        if plan.dp
-        else math.inf
-    )
-    return ledger.LedgerEntry(
-        run_id=rid,
-        run_dir=str(run_dir.resolve()),
-        started=ledger.now(),
-        status="started",
-        dp=plan.dp,
-        privacy_unit=config.privacy_unit.value,
-        noise_multiplier=plan.noise_multiplier,
-        sampling_rate=plan.sampling_rate,
-        steps=plan.steps,
-        delta=plan.delta,
-        epsilon=eps,
-    )
-
-
 def _fmt_eps(x: float) -> str:
     return "unbounded (a non-private or slice-level run)" if math.isinf(x) else f"epsilon {x:.3g}"
 
@@ -1107,35 +967,6 @@ def _max_units_per_patient(units: Units) -> int:
     for p in units.patients:
         counts[p] = counts.get(p, 0) + 1
     return max(counts.values())
-
-
-def _epsilons(plan: PrivacyPlan, config: TrainConfig) -> list[float]:
-    if not plan.dp:
-        return [math.inf] * config.epochs
-    return accounting.epsilon_per_epoch(
-        noise_multiplier=plan.noise_multiplier,
-        sampling_rate=plan.sampling_rate,
-        steps_per_epoch=plan.steps_per_epoch,
-        epochs=config.epochs,
-        delta=plan.delta,
-        accountant=config.accountant,
-    )
-
-
-def _describe_plan(plan: PrivacyPlan, config: TrainConfig) -> str:
-    unit = config.privacy_unit.value
-    if not plan.dp:
-        return (
-            f"NO differential privacy (baseline): {plan.n_units} {unit} units, "
-            f"batch ~{plan.expected_batch_size:.0f}, {plan.steps} steps, learning rate "
-            f"{config.learning_rate:g}"
-        )
-    return (
-        f"target epsilon {plan.target_epsilon:g} at delta {plan.delta:.0e} for each {unit}: "
-        f"{plan.n_units} units, q={plan.sampling_rate:.4f} ({config.sampling.value}), "
-        f"{plan.steps} steps, noise multiplier {plan.noise_multiplier:.3f}, "
-        f"clip {config.clip_norm:g}"
-    )
 
 
 def _optimizer(config: TrainConfig, keras: Any) -> Any:

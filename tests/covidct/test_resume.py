@@ -19,8 +19,9 @@ from covidct import checkpoint
 from covidct.cli import main
 from covidct.privacy import accounting
 from covidct.privacy.ledger import read_ledger
+from covidct.privacy.plan import plan_privacy
 from covidct.privacy.secret import RunSecret
-from covidct.train import plan_privacy, resume, train
+from covidct.train import resume, train
 from covidct.train_config import TrainConfig
 from tests.covidct.keys import known_secret
 

@@ -17,8 +17,9 @@ from covidct.data.units import DataError, PoissonSampler
 from covidct.evaluate import PatientScore
 from covidct.privacy.accounting import PrivacyRequestError
 from covidct.privacy.modes import UnitLoss
+from covidct.privacy.plan import plan_privacy
 from covidct.privacy.secret import RunSecret
-from covidct.train import plan_privacy, train
+from covidct.train import train
 from covidct.train_config import OptimizerName, TrainConfig
 
 # the CNN recipe (configs/cnn.yaml) at toy scale: these tests cover the trainer on slices;

@@ -18,7 +18,7 @@ from covidct.features.cache import FeatureStore, feature_stats
 from covidct.models import SCATTERING
 from covidct.privacy.mechanism import unit_losses
 from covidct.privacy.modes import UnitLoss
-from covidct.train import Ema, PrivacyPlan, noise_to_signal, train
+from covidct.train import Ema, train
 from covidct.train_config import TrainConfig
 
 FAST = TrainConfig(epochs=6, seed=1)  # the defaults: scattering, q = 1, EMA
@@ -83,14 +83,6 @@ def test_train_prints_the_noise_to_signal_figure_before_training(scatter_run):
     sigma, n = result.privacy.noise_multiplier, result.privacy.n_units
     assert f"= {sigma * math.sqrt(406) / n:.2f}" in line
     assert said.index(line) < next(i for i, m in enumerate(said) if m.startswith("epoch 1/"))
-
-
-def test_noise_to_signal_is_sigma_sqrt_d_over_qn_and_warns_when_noise_dominates():
-    plan = PrivacyPlan(True, 3.0, 400, 1.0, 400.0, 1, 200, 1e-4, 20.0, 1.0)
-    small = noise_to_signal(plan, 400)
-    assert "= 1.00 " in small and "mostly noise" not in small  # 20 * 20 / 400
-    big = noise_to_signal(plan, 23_000)
-    assert f"= {20 * math.sqrt(23_000) / 400:.2f}" in big and "mostly noise" in big
 
 
 def test_the_baseline_trains_at_its_own_learning_rate(prep, tmp_path):
