@@ -36,6 +36,7 @@ from covidct.privacy import accounting, ledger
 from covidct.privacy.accounting import Sampling
 from covidct.privacy.modes import ExecutionMode, PerLayerSplit
 from covidct.privacy.plan import PrivacyPlan, plan_privacy
+from covidct.privacy.statements import tf_privacy_statement
 from covidct.runs import check_new_run, create_run_dir, new_run_id, write_json, write_yaml
 from covidct.train_config import OptimizerName, TrainConfig
 from data_prep.errors import CovidCTError
@@ -840,7 +841,7 @@ def _privacy_report(
         unit_bases=_count_bases(train_units),
         released=released if plan.dp else [],
         tf_privacy_statement=(
-            accounting.tf_privacy_statement(
+            tf_privacy_statement(
                 n_units=plan.n_units,
                 expected_batch_size=plan.expected_batch_size,
                 epochs=passes,

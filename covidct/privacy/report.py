@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from covidct.privacy.accounting import Accountant, Sampling, sampling_assumption
+from covidct.privacy.accounting import Accountant, Sampling
+from covidct.privacy.statements import sampling_assumption
 from data_prep.atomic import atomic_write_json, atomic_write_text
 from data_prep.deid import UnitBasis
 from data_prep.errors import CovidCTError
@@ -317,7 +318,7 @@ def build_report(
         accountant: RDP or PLD.
         sampling: how batches were formed.
         epsilon_per_epoch: cumulative epsilon after each epoch.
-        tf_privacy_statement: from ``accounting.tf_privacy_statement`` (empty when not private).
+        tf_privacy_statement: from ``statements.tf_privacy_statement`` (empty when not private).
         steps_repeated: steps run again after a resume (already included in ``steps``).
         steps_taken: steps actually run, when fewer than ``steps`` (an early stop).
         randomness: the source of the sampling and noise randomness (``secret.GENERATOR``).
