@@ -24,6 +24,7 @@ import argparse
 import csv
 import json
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -146,7 +147,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     truth = cohort / "truth.csv"
     pset = [a for s in args.prepare_set for a in ("--set", s)]
     tset = [a for s in args.train_set for a in ("--set", s)]
-    tag = "-".join(s.replace("train.", "").replace("=", "") for s in args.train_set) or "defaults"
+    tag = (
+        "-".join(
+            re.sub(r"[^A-Za-z0-9._]", "_", s.replace("train.", "").replace("=", ""))
+            for s in args.train_set
+        )
+        or "defaults"
+    )
     results: dict[str, Any] = {
         "cohort": str(cohort),
         "style": args.style,
@@ -179,17 +186,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             lrs = args.baseline_lrs.split(",") if eps == "inf" and args.baseline_lrs else [""]
             tried = []
             for lr in lrs:
-                extra = tset + (["--set", f"train.learning_rate={lr}"] if lr else [])
-                rid = f"{tag}-s{split}-eps{eps}" + (f"-lr{lr}" if lr else "")
+                # a run without DP trains at train.baseline_learning_rate (covidct.train)
+                extra = tset + (["--set", f"train.baseline_learning_rate={lr}"] if lr else [])
+                rid = f"{tag}-s{split}-eps{eps}" + (f"-blr{lr}" if lr else "")
                 run = work / "runs" / rid
                 seconds = math.nan
                 if not (run / "run.json").is_file():
                     shutil.rmtree(run, ignore_errors=True)
                     run, seconds = _train(prep, work / "runs", rid, eps, extra)
                 metrics = json.loads((run / "metrics.json").read_text())
+                plan = json.loads((run / "checkpoints" / "plan.json").read_text())
                 tried.append(
                     {
                         "lr": lr or "default",
+                        # what the run trained at, from its own plan (not what was asked)
+                        "lr_used": plan["train"]["learning_rate"],
                         "validation_auc_best": round(metrics["validation_patient_auc_best"], 4),
                         **_aucs(run, prep, truth),
                         "seconds": round(seconds, 1),

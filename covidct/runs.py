@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import secrets
 import time
 from pathlib import Path
@@ -22,8 +23,21 @@ class RunExistsError(CovidCTError):
     """The run folder to write already holds a run."""
 
 
+class RunIdError(CovidCTError):
+    """A run id that is not one plain folder name."""
+
+
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
 def check_new_run(runs_dir: Path, run_id: str) -> Path:
-    """The run folder, refused when it already holds files (runs are never overwritten)."""
+    """The run folder, refused when it already holds files (runs are never overwritten) or when
+    ``run_id`` is not one plain folder name (a path would write outside ``runs_dir``)."""
+    if not _RUN_ID.fullmatch(run_id):
+        raise RunIdError(
+            f"run id {run_id!r} is not one folder name: use letters, digits, '.', '_' and '-' "
+            "(at most 128, starting with a letter or digit), e.g. --run-id ct-eps3"
+        )
     run = runs_dir / run_id
     if run.exists() and any(run.iterdir()):
         raise RunExistsError(

@@ -371,3 +371,30 @@ def test_augmentation_multiplicity_trains_and_the_report_says_so(prep, tmp_path)
     # the views change what a unit's gradient is computed on, not the accounting
     assert result.privacy.epsilon == plain.privacy.epsilon
     assert not any("views" in note for note in plain.privacy.notes)
+
+
+@pytest.mark.parametrize("rid", ["../escape", "a/b", "/abs", ".hidden"])
+def test_a_run_id_that_is_a_path_is_refused_before_anything_is_written(prep, tmp_path, rid, capsys):
+    from covidct.privacy.ledger import read_ledger
+
+    before = len(read_ledger(prep).entries)
+    runs = tmp_path / "runs"
+    code = main(
+        [
+            "train",
+            "--data",
+            str(prep),
+            "--epsilon",
+            "3",
+            "--runs",
+            str(runs),
+            "--run-id",
+            rid,
+            "--set",
+            "train.model=gn_cnn_small",
+        ]
+    )
+    assert code == 2
+    assert "is not one folder name" in capsys.readouterr().err
+    assert len(read_ledger(prep).entries) == before
+    assert not runs.exists() and not (tmp_path / "escape").exists()
