@@ -503,7 +503,6 @@ def _cmd_budget(args: argparse.Namespace, cfg: Config) -> int:
 
 def _cmd_dashboard(args: argparse.Namespace, cfg: Config) -> int:
     import os
-    import subprocess
 
     app = Path(__file__).resolve().parents[1] / "app" / "dashboard.py"
     if not app.is_file():
@@ -527,8 +526,11 @@ def _cmd_dashboard(args: argparse.Namespace, cfg: Config) -> int:
         "--browser.gatherUsageStats",
         "false",
     ]
-    print(f"dashboard on http://{args.address}:{args.port} (runs from {args.runs})")
-    return subprocess.call(cmd, env=env)
+    print(f"dashboard on http://{args.address}:{args.port} (runs from {args.runs})", flush=True)
+    # this process BECOMES the server: stopping its PID (kill, a service manager, Ctrl-C) stops
+    # Streamlit itself, and no orphan keeps serving the port
+    os.execve(sys.executable, cmd, env)
+    return 0  # not reached
 
 
 def _cmd_audit(args: argparse.Namespace, cfg: Config) -> int:
