@@ -14,9 +14,10 @@ import streamlit as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `streamlit run` from anywhere
 
-from app import views
+from app import auth, views
 
 st.set_page_config(page_title="covidct", layout="wide")
+auth.gate()  # with login required, nothing below runs for a user who is not logged in
 root = Path(os.environ.get("COVIDCT_RUNS", "runs"))
 PAGES = {
     "Models": views.models_page,

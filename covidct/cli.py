@@ -165,7 +165,23 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--runs", type=Path, default=Path("runs"), help="folder of runs and sweeps")
     d.add_argument("--port", type=int, default=8501, help="port (default 8501)")
     d.add_argument(
-        "--address", default="127.0.0.1", help="address to serve on (default: this machine only)"
+        "--address",
+        default="127.0.0.1",
+        help="address to serve on (default: this machine only); any other address needs login",
+    )
+    d.add_argument(
+        "--auth-secrets",
+        type=Path,
+        metavar="SECRETS_TOML",
+        help="Streamlit secrets file whose [auth] section configures login with your identity "
+        "provider (default: .streamlit/secrets.toml here or in your home folder, if present); "
+        "with it every user must log in",
+    )
+    d.add_argument(
+        "--insecure-no-login",
+        action="store_true",
+        help="serve a non-loopback address WITHOUT login: anyone who reaches it sees every "
+        "model and can upload scans",
     )
 
     a = sub.add_parser(
@@ -508,7 +524,31 @@ def _cmd_dashboard(args: argparse.Namespace, cfg: Config) -> int:
     if not app.is_file():
         print(f"error: the dashboard is not installed ({app} missing)", file=sys.stderr)
         return 2
+    secrets, problem = _auth_secrets(args.auth_secrets)
+    if args.auth_secrets is not None and secrets is None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    if not _is_loopback(args.address) and secrets is None:
+        if not args.insecure_no_login:
+            print(
+                f"error: --address {args.address} serves the dashboard to the network, and "
+                f"without login anyone who reaches it sees every model and can upload scans. "
+                f"Configure login ({problem}; see the README: Streamlit's OIDC login with your "
+                "identity provider), or keep the default 127.0.0.1 behind an authenticating "
+                "reverse proxy, or pass --insecure-no-login if this network is trusted.",
+                file=sys.stderr,
+            )
+            return 2
+        print(
+            f"WARNING: serving {args.address} WITHOUT LOGIN (--insecure-no-login): anyone who "
+            "reaches this port sees every model and can upload scans",
+            file=sys.stderr,
+            flush=True,
+        )
     env = {**os.environ, "COVIDCT_RUNS": str(args.runs.resolve())}
+    env.pop("COVIDCT_LOGIN", None)
+    if secrets is not None:
+        env["COVIDCT_LOGIN"] = "required"  # app/auth.py: only a logged-in user sees the pages
     cmd = [
         sys.executable,
         "-m",
@@ -526,11 +566,67 @@ def _cmd_dashboard(args: argparse.Namespace, cfg: Config) -> int:
         "--browser.gatherUsageStats",
         "false",
     ]
-    print(f"dashboard on http://{args.address}:{args.port} (runs from {args.runs})", flush=True)
+    if args.auth_secrets is not None:
+        cmd += ["--secrets.files", str(args.auth_secrets.resolve())]
+    login = f", login required ({secrets})" if secrets is not None else ""
+    print(
+        f"dashboard on http://{args.address}:{args.port} (runs from {args.runs}{login})",
+        flush=True,
+    )
     # this process BECOMES the server: stopping its PID (kill, a service manager, Ctrl-C) stops
     # Streamlit itself, and no orphan keeps serving the port
     os.execve(sys.executable, cmd, env)
     return 0  # not reached
+
+
+def _is_loopback(address: str) -> bool:
+    import ipaddress
+
+    if address.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+_AUTH_SHARED = ("redirect_uri", "cookie_secret")
+_AUTH_PROVIDER = ("client_id", "client_secret", "server_metadata_url")
+
+
+def _auth_secrets(explicit: Path | None) -> tuple[Path | None, str]:
+    """The secrets file whose [auth] section configures Streamlit's login, or (None, why not)."""
+    import tomllib
+
+    candidates = (
+        [explicit]
+        if explicit is not None
+        else [
+            Path.cwd() / ".streamlit" / "secrets.toml",
+            Path.home() / ".streamlit" / "secrets.toml",
+        ]
+    )
+    why = "no .streamlit/secrets.toml with an [auth] section here or in your home folder"
+    for path in candidates:
+        if not path.is_file():
+            if explicit is not None:
+                why = f"{path} not found"
+            continue
+        try:
+            auth = tomllib.loads(path.read_text()).get("auth")
+        except (OSError, ValueError) as exc:
+            return None, f"{path} is not readable TOML ({exc})"
+        if not isinstance(auth, dict):
+            why = f"{path} has no [auth] section"
+            continue
+        missing = [k for k in _AUTH_SHARED if not auth.get(k)]
+        providers = [auth] + [v for v in auth.values() if isinstance(v, dict)]
+        if not any(all(p.get(k) for k in _AUTH_PROVIDER) for p in providers):
+            missing.append(" / ".join(_AUTH_PROVIDER) + " (in [auth] or an [auth.<provider>])")
+        if missing:
+            return None, f"{path}: its [auth] section lacks {', '.join(missing)}"
+        return path, ""
+    return None, why
 
 
 def _cmd_audit(args: argparse.Namespace, cfg: Config) -> int:

@@ -153,3 +153,36 @@ def test_a_non_ct_dicom_is_named_as_such(runs, monkeypatch):
     at.get("file_uploader")[0].upload("mr.dcm", mr.read_bytes()).run()
     assert not at.exception
     assert any("not CT" in e.value for e in at.error), [e.value for e in at.error]
+
+
+def test_with_login_required_a_user_who_is_not_logged_in_sees_only_the_login_prompt(
+    runs, monkeypatch
+):
+    monkeypatch.setenv("COVIDCT_RUNS", str(runs))
+    monkeypatch.setenv("COVIDCT_LOGIN", "required")
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    assert not at.exception, at.exception
+    assert [b.label for b in at.button] == ["Log in"]
+    assert len(at.sidebar.radio) == 0 and len(at.dataframe) == 0  # no page, no model list
+    assert len(at.file_uploader) == 0
+    assert "log in with your hospital account" in _texts(at)
+    monkeypatch.delenv("COVIDCT_LOGIN")
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    assert len(at.sidebar.radio) == 1 and not any(b.label == "Log in" for b in at.button)
+
+
+def test_each_configured_identity_provider_gets_its_own_login_button(runs, monkeypatch):
+    monkeypatch.setenv("COVIDCT_RUNS", str(runs))
+    monkeypatch.setenv("COVIDCT_LOGIN", "required")
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.secrets["auth"] = {
+        "redirect_uri": "http://localhost:8501/oauth2callback",
+        "cookie_secret": "c",
+        "microsoft": {"client_id": "i", "client_secret": "s", "server_metadata_url": "u"},
+    }
+    at.run()
+    assert not at.exception, at.exception
+    assert [b.label for b in at.button] == ["Log in with microsoft"]
+    assert len(at.sidebar.radio) == 0
