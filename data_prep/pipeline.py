@@ -20,7 +20,7 @@ import multiprocessing
 import os
 import warnings
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from data_prep.atomic import atomic_write_json
 from data_prep.deid import Pseudonymizer, load_or_create_key
 from data_prep.discover import Job, Skip, discover, probe_many
 from data_prep.errors import CovidCTError, InputError
+from data_prep.isolation import run_isolated
 from data_prep.labels import read_label_csv
 from data_prep.readers.dicom import DicomHeader
 from data_prep.worker import SliceSettings, process_job
@@ -49,6 +50,8 @@ class PrepConfig:
         seed: seed of the split.
         workers: processes; 0 = all cores.
         image_patient_regex: regex whose first group, on an image's file name, is its patient.
+        job_timeout_s: with several workers, a scan whose reading takes longer than this is
+            taken to hang (a decoder stuck on a corrupt file): it is stopped and reported.
     """
 
     slices: SliceSettings = field(default_factory=SliceSettings)
@@ -56,6 +59,7 @@ class PrepConfig:
     seed: int = 0
     workers: int = 0
     image_patient_regex: str = ""
+    job_timeout_s: float = 900.0
 
 
 class PrepFolderError(CovidCTError):
@@ -96,6 +100,7 @@ def prepare(
     tables = [read_label_csv(p) for p in labels]  # fail fast, before any work
 
     workers = config.workers or os.cpu_count() or 1
+    ctx = None
     executor: Executor | None = None
     if workers > 1:
         ctx = multiprocessing.get_context("forkserver")
@@ -110,12 +115,12 @@ def prepare(
             image_patient_regex=config.image_patient_regex,
             probe_map=_parallel_probe(executor, progress) if executor else None,
         )
-        reused, processed = _run_jobs(
-            found.jobs, out_dir, config, ps, executor, progress, on_job_done
-        )
     finally:
         if executor is not None:
             executor.shutdown(cancel_futures=True)
+    reused, processed = _run_jobs(
+        found.jobs, out_dir, config, ps, ctx, workers, progress, on_job_done
+    )
     return assemble(out_dir, config, ps, found, tables, reused, processed)
 
 
@@ -163,11 +168,13 @@ def _parallel_probe(
 
 
 def _progress(it: Any, total: int, desc: str, enabled: bool) -> Any:
+    """A tqdm bar over ``it`` (or, with ``it`` None, a bar to update by hand; None if off)."""
     if not enabled:
         return it
     from tqdm import tqdm
 
-    return tqdm(it, total=total, desc=desc, unit="chunk" if "header" in desc else "scan")
+    by_hand = {"unit": "scan"} if it is None else {}
+    return tqdm(it, total=total, desc=desc, **by_hand)
 
 
 def job_key(job: Job, ps: Pseudonymizer) -> str:
@@ -187,7 +194,8 @@ def _run_jobs(
     out_dir: Path,
     config: PrepConfig,
     ps: Pseudonymizer,
-    executor: Executor | None,
+    ctx: Any,
+    workers: int,
     progress: bool,
     on_job_done: Callable[[int, int], None] | None,
 ) -> tuple[int, int]:
@@ -199,27 +207,39 @@ def _run_jobs(
     _add_missing_unit_basis(out_dir, jobs, keys)
     total = len(todo)
     done = 0
+    bar = _progress(None, total, "preparing scans", progress)
 
     def finish() -> None:
         nonlocal done
         done += 1
+        if bar is not None:
+            bar.update(1)
         if on_job_done is not None:
             on_job_done(done, total)
 
     kwargs = {"settings": config.slices, "out_dir": out_dir, "pseudonymizer": ps}
-    if executor is None:
-        for job, key in _progress(todo, total, "preparing scans", progress):
-            _process_and_save(job, key, **kwargs)  # type: ignore[arg-type]
-            finish()
-        return reused, total
-    # workers write their own slices and records, so the main process never serialises I/O
-    futures = [
-        executor.submit(_process_and_save, job, key, **kwargs)  # type: ignore[arg-type]
-        for job, key in todo
-    ]
-    for fut in _progress(as_completed(futures), total, "preparing scans", progress):
-        fut.result()
-        finish()
+    try:
+        if ctx is None:  # one process (workers=1): nothing isolates a crash of a decoder
+            for job, key in todo:
+                _process_and_save(job, key, **kwargs)  # type: ignore[arg-type]
+                finish()
+        else:
+            run_isolated(
+                todo,
+                _process_and_save,
+                kwargs,
+                ctx=ctx,
+                workers=workers,
+                timeout=config.job_timeout_s,
+                is_done=lambda key: _record_path(out_dir, key).exists(),
+                give_up=lambda job, key, why: _save_record(
+                    out_dir, job, key, {"status": "skipped", "reason": why, "file_skips": []}
+                ),
+                finish=finish,
+            )
+    finally:
+        if bar is not None:
+            bar.close()
     return reused, total
 
 

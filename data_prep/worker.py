@@ -96,6 +96,14 @@ def process_job(
         return {"status": "skipped", "reason": str(exc), "file_skips": []}
     except MemoryError:
         return {"status": "skipped", "reason": "scan too large for memory", "file_skips": []}
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001
+        # a third-party decoder's own failure on a corrupt file (pyo3 panics derive from
+        # BaseException): one input is reported, the batch goes on
+        detail = " ".join(str(exc).split())[:200]
+        reason = f"a decoder failed on it ({type(exc).__name__}: {detail}); it was left out"
+        return {"status": "skipped", "reason": reason, "file_skips": []}
 
 
 def hu_volume_slices(vol: Volume, settings: SliceSettings) -> HuSlices:

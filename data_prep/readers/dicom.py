@@ -10,7 +10,8 @@ from __future__ import annotations
 import io
 import logging
 import math
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -206,7 +207,7 @@ def _raw_pixels(ds: pydicom.Dataset, f: _Fields) -> RawPixels | None:
         bits_allocated=bits,
         bits_stored=f.us(T_BITS_STORED, bits) or bits,
         signed=f.us(T_PIXEL_REPRESENTATION, 0) == 1,
-        slope=1.0 if slope is None or slope == 0 else slope,
+        slope=1.0 if slope is None else slope,  # 0, NaN, inf: read_series drops the slice
         intercept=0.0 if intercept is None else intercept,
     )
 
@@ -236,6 +237,9 @@ class DicomHeader:
     slice_thickness: float | None = None
     spacing_between_slices: float | None = None
     gantry_tilt: float | None = None  # GantryDetectorTilt, degrees
+    rescale_slope: float | None = None  # as written (None: absent, i.e. 1)
+    rescale_intercept: float | None = None
+    bits_allocated: int = 0
     # Where the pixel bytes lie when they are stored raw (native transfer syntax), so that the
     # decode step reads them directly instead of parsing the whole header a second time.
     raw_pixels: RawPixels | None = None
@@ -321,6 +325,9 @@ def probe_file(path: Path | str, data: bytes | None = None) -> DicomHeader:
         slice_thickness=_positive(f.number(T_SLICE_THICKNESS)),
         spacing_between_slices=_positive(f.number(T_SPACING_BETWEEN)),
         gantry_tilt=f.number(T_GANTRY_TILT),
+        rescale_slope=f.number(T_RESCALE_SLOPE),
+        rescale_intercept=f.number(T_RESCALE_INTERCEPT),
+        bits_allocated=f.us(T_BITS_ALLOCATED, 0),
         raw_pixels=_raw_pixels(ds, f),
         data=data,
     )
@@ -388,6 +395,84 @@ def decode_slice(header: DicomHeader) -> np.ndarray:
     return hu.astype(np.float32, copy=False)
 
 
+# Beyond this many pixels a header describes no CT slice (they are 512 x 512, at most a few
+# thousand square): refused before anything is allocated for it.
+MAX_SLICE_PIXELS = 4096 * 4096
+
+
+def _scalar_ok(value: float | None, *, nonzero: bool) -> bool:
+    return value is None or (math.isfinite(value) and (value != 0 or not nonzero))
+
+
+def consistent_slices(
+    headers: Sequence[DicomHeader],
+) -> tuple[list[DicomHeader], list[str]]:
+    """The slices that agree with their series, and a flag for each kind left out.
+
+    A slice is dropped when its RescaleSlope is 0, NaN or infinite or its RescaleIntercept is
+    not finite (its HU would be wrong, e.g. a blank slice), or when its size, bit depth,
+    orientation or pixel spacing differs from most of the series' slices (a slice from another
+    reconstruction or a corrupt header). Never silently: each drop is flagged.
+
+    Raises:
+        GeometryError: no size/orientation/spacing/depth is shared by most slices, or nothing
+            is left.
+    """
+    flags: list[str] = []
+    kept = list(headers)
+    bad_scale = [
+        h
+        for h in kept
+        if not _scalar_ok(h.rescale_slope, nonzero=True)
+        or not _scalar_ok(h.rescale_intercept, nonzero=False)
+    ]
+    if bad_scale:
+        slopes = sorted({str(h.rescale_slope) for h in bad_scale})
+        flags.append(
+            f"{len(bad_scale)} slice(s) with an unusable RescaleSlope/Intercept "
+            f"({', '.join(slopes)}) were dropped"
+        )
+        gone = {id(h) for h in bad_scale}
+        kept = [h for h in kept if id(h) not in gone]
+    too_big = [h for h in kept if h.rows * h.columns > MAX_SLICE_PIXELS]
+    if too_big:
+        flags.append(
+            f"{len(too_big)} slice(s) whose header claims {too_big[0].rows}x"
+            f"{too_big[0].columns} pixels (no CT slice is that large) were dropped"
+        )
+        gone = {id(h) for h in too_big}
+        kept = [h for h in kept if id(h) not in gone]
+    checks: list[tuple[str, Callable[[DicomHeader], object]]] = [
+        ("size", lambda h: (h.rows, h.columns)),
+        ("bit depth", lambda h: h.bits_allocated),
+        ("orientation", lambda h: _rounded(h.orientation)),
+        ("pixel spacing", lambda h: _rounded(h.pixel_spacing)),
+    ]
+    for what, key in checks:
+        if not kept:
+            break
+        counts = Counter(key(h) for h in kept)
+        usual, n = counts.most_common(1)[0]
+        if len(counts) > 1:
+            if 2 * n <= len(kept):
+                raise GeometryError(
+                    f"slices of one series have different {what}s and no {what} is shared by "
+                    f"most of them ({len(counts)} different)"
+                )
+            odd = [h for h in kept if key(h) != usual]
+            flags.append(
+                f"{len(odd)} slice(s) whose {what} contradicts the rest of the series were dropped"
+            )
+            kept = [h for h in kept if key(h) == usual]
+    if not kept:
+        raise GeometryError("no slice of the series has a usable header")
+    return kept, flags
+
+
+def _rounded(values: tuple[float, ...] | None) -> tuple[float, ...] | None:
+    return None if values is None else tuple(round(v, 3) for v in values)
+
+
 def read_series(headers: Sequence[DicomHeader], *, max_bad_fraction: float = 0.1) -> Volume:
     """Decode one series into a canonical HU volume, reporting geometry problems as flags.
 
@@ -402,14 +487,8 @@ def read_series(headers: Sequence[DicomHeader], *, max_bad_fraction: float = 0.1
         PixelDecodeError: too many slices cannot be decoded.
         GeometryError: slices disagree in size or orientation.
     """
-    flags: list[str] = []
+    headers, flags = consistent_slices(headers)
     first = headers[0]
-    sizes = {(h.rows, h.columns) for h in headers}
-    if len(sizes) > 1:
-        raise GeometryError(f"slices of one series have different sizes {sorted(sizes)}")
-    orientations = {tuple(round(v, 3) for v in h.orientation) for h in headers if h.orientation}
-    if len(orientations) > 1:
-        raise GeometryError("slices of one series have different orientations")
 
     decoded: list[tuple[DicomHeader, np.ndarray]] = []
     bad: list[str] = []

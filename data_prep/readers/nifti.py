@@ -74,8 +74,28 @@ def _load(
             img = cls.from_bytes(data)
         except (ImageFileError, ValueError, EOFError, OSError, nib.spatialimages.HeaderDataError):
             continue
+        _check_size(img, len(data))
         return img
     raise NotAnImageError("not a NIfTI-1 or NIfTI-2 file (header not recognised)")
+
+
+def _check_size(img: nib.Nifti1Image, nbytes: int) -> None:
+    """Refuse a header that promises more voxels than the file holds, before reading them (a
+    corrupt dim field would otherwise allocate gigabytes)."""
+    header = img.header
+    shape = tuple(int(d) for d in img.shape[:3])
+    try:
+        itemsize = header.get_data_dtype().itemsize
+        offset = int(header.get_data_offset())
+    except (TypeError, ValueError) as exc:
+        raise NotAnImageError(f"corrupt NIfTI header ({exc})") from exc
+    need = offset + int(np.prod(shape, dtype=np.int64)) * itemsize
+    if any(d < 1 for d in shape) or need > nbytes:
+        raise NotAnImageError(
+            f"the header promises a {'x'.join(map(str, shape))} volume ({need} bytes from "
+            f"offset {offset}) but the file holds {nbytes} bytes: truncated file or corrupt "
+            "header (dim, datatype or vox_offset)"
+        )
 
 
 def read_nifti(

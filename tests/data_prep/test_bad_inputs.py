@@ -175,3 +175,61 @@ def test_cli_counts_routine_series_skips_and_lists_them_with_verbose(cohort, tmp
     assert "_localizer:" not in err
     assert main([*args, "--out", str(tmp_path / "b"), "--verbose"]) == 0
     assert "_localizer: localizer (scout) series" in capsys.readouterr().err
+
+
+def test_slices_whose_header_contradicts_their_series_are_dropped_and_flagged(cohort, tmp_path):
+    """One slice with RescaleSlope 0 (it would be a blank slice), one with another pixel spacing
+    and one claiming 65535 x 65535 pixels: each is dropped and flagged, never used silently."""
+    patient = sorted((cohort / "dicom").iterdir())[0]
+    series = tmp_path / "in" / patient.name
+    shutil.copytree(patient, series)
+    files = sorted(p for p in series.rglob("*") if p.is_file())
+    edits = {
+        files[2]: ("RescaleSlope", "0"),
+        files[4]: ("PixelSpacing", ["0.5", "0.5"]),
+        files[5]: ("Rows", 65535),
+    }
+    for path, (keyword, value) in edits.items():
+        ds = pydicom.dcmread(path)
+        setattr(ds, keyword, value)
+        if keyword == "Rows":
+            ds.Columns = 65535
+        ds.save_as(path)
+    res = prepare(
+        [tmp_path / "in"], tmp_path / "prep", config=CONFIG, labels=[cohort / "labels.csv"]
+    )
+    assert res.n_patients == 1  # the rest of the series is prepared
+    flags = " | ".join(p.reason for p in res.flagged)
+    assert "1 slice(s) with an unusable RescaleSlope/Intercept (0.0) were dropped" in flags
+    assert "1 slice(s) whose pixel spacing contradicts the rest of the series" in flags
+    assert "65535x" in flags and "no CT slice is that large" in flags
+
+
+def test_a_series_without_a_majority_geometry_is_refused():
+    from data_prep.errors import InputError
+    from data_prep.readers.dicom import DicomHeader, consistent_slices
+
+    def header(i: int, rows: int, slope: float | None = 1.0) -> DicomHeader:
+        return DicomHeader(
+            path=f"f{i}",
+            patient_id="",
+            study_uid="",
+            series_uid="s",
+            modality="CT",
+            sop_class="",
+            image_type=(),
+            orientation=(1, 0, 0, 0, 1, 0),
+            position=(0.0, 0.0, float(i)),
+            instance_number=i,
+            rows=rows,
+            columns=rows,
+            frames=1,
+            pixel_spacing=(0.7, 0.7),
+            rescale_slope=slope,
+            bits_allocated=16,
+        )
+
+    kept, flags = consistent_slices([header(0, 512), header(1, 512, float("nan")), header(2, 512)])
+    assert [h.path for h in kept] == ["f0", "f2"] and "nan" in flags[0]
+    with pytest.raises(InputError, match="no size is shared by most"):
+        consistent_slices([header(0, 512), header(1, 256), header(2, 128), header(3, 512)])
