@@ -133,6 +133,17 @@ class _Fields:
         values = self.floats(tag, 1)
         return values[0] if values else None
 
+    def scalar(self, tag: int) -> float | None:
+        """The first value as written: None when absent, NaN when it is not a number (a
+        header value that must not be mistaken for an absent one, e.g. RescaleSlope "inf")."""
+        texts = self.texts(tag)
+        if not texts or not texts[0]:
+            return None
+        try:
+            return float(texts[0])
+        except ValueError:
+            return math.nan
+
     def us(self, tag: int, default: int) -> int:
         if tag not in self.ds:
             return default
@@ -325,8 +336,8 @@ def probe_file(path: Path | str, data: bytes | None = None) -> DicomHeader:
         slice_thickness=_positive(f.number(T_SLICE_THICKNESS)),
         spacing_between_slices=_positive(f.number(T_SPACING_BETWEEN)),
         gantry_tilt=f.number(T_GANTRY_TILT),
-        rescale_slope=f.number(T_RESCALE_SLOPE),
-        rescale_intercept=f.number(T_RESCALE_INTERCEPT),
+        rescale_slope=f.scalar(T_RESCALE_SLOPE),
+        rescale_intercept=f.scalar(T_RESCALE_INTERCEPT),
         bits_allocated=f.us(T_BITS_ALLOCATED, 0),
         raw_pixels=_raw_pixels(ds, f),
         data=data,

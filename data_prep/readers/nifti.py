@@ -132,7 +132,8 @@ def read_nifti(
             if array.ndim == 2:
                 array = array[:, :, None]
     except (EOFError, OSError, ValueError, zlib.error) as exc:
-        raise NotAnImageError(f"voxel data truncated or corrupt ({exc})") from exc
+        detail = " ".join(str(exc).split())[:200]  # nibabel's messages span lines
+        raise NotAnImageError(f"voxel data truncated or corrupt ({detail})") from exc
     # dataobj slices ignore nothing: scaling (scl_slope/inter) is applied by ArrayProxy
     header = img.header
     qform_code = int(header["qform_code"])
