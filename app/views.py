@@ -14,6 +14,7 @@ from typing import Any
 import altair as alt
 import pandas as pd
 import streamlit as st
+from streamlit.runtime.scriptrunner_utils.exceptions import ScriptControlException
 
 from covidct.dashboard_data import (
     DISCLAIMER,
@@ -258,7 +259,10 @@ def _predict(bundle: ModelBundle, run: Path, data: list[tuple[str, bytes]]) -> S
     except CovidCTError as exc:
         st.error(f"This upload cannot be used: {exc}")
         return None
-    except Exception as exc:  # noqa: BLE001 - a bad upload must never show a traceback
+    except (KeyboardInterrupt, SystemExit, ScriptControlException):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - a bad upload must never show a traceback
+        # (BaseException: a Rust decoder's panic is one, and it must not reach the page either)
         st.error(
             "This upload could not be read as a CT scan "
             f"({type(exc).__name__}). Check that it is a CT series, volume or slice images, "

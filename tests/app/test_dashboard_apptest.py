@@ -186,3 +186,21 @@ def test_each_configured_identity_provider_gets_its_own_login_button(runs, monke
     assert not at.exception, at.exception
     assert [b.label for b in at.button] == ["Log in with microsoft"]
     assert len(at.sidebar.radio) == 0
+
+
+def test_a_decoder_panic_on_an_upload_is_a_message_not_a_traceback(runs, cohort, monkeypatch):
+    """pyo3 panics (Rust decoders) derive from BaseException: the page still answers."""
+    import app.views
+
+    class PanicException(BaseException):
+        pass
+
+    def panics(*args, **kwargs):
+        raise PanicException("called `Option::unwrap()` on a `None` value")
+
+    monkeypatch.setattr(app.views, "predict_upload", panics)
+    at = _app(runs, monkeypatch, "Predict")
+    at.selectbox(key="predict_run").set_value("eps3").run()
+    at.get("file_uploader")[0].upload("study.zip", dicom_zip(cohort), "application/zip").run()
+    assert not at.exception, at.exception
+    assert any("PanicException" in e.value for e in at.error), [e.value for e in at.error]
