@@ -105,4 +105,4 @@ class TrainConfig:
     checkpoint_every: int = 50
     seed: int = 0
     ema: float = 0.9
-    baseline_learning_rate: float = 0.01
+    baseline_learning_rate: float = 0.3

@@ -31,6 +31,7 @@ TINY = TrainConfig(
     max_slices_per_unit=2,
     chunk_units=8,
     learning_rate=0.05,
+    baseline_learning_rate=0.01,  # as configs/cnn.yaml
     seed=1,
     ema=0.0,
     unit_loss=UnitLoss.MEAN,
