@@ -28,6 +28,7 @@ from covidct.dashboard_data import (
 from covidct.inference import ModelBundle, load_bundle
 from covidct.model_card import metric_rows
 from covidct.privacy.report import read_report, report_to_markdown
+from covidct.runs import Run
 from data_prep.errors import CovidCTError
 
 
@@ -75,7 +76,7 @@ def models_page(root: Path) -> None:
         st.subheader("Privacy report")
         st.markdown(report_to_markdown(report).split("\n", 1)[1])  # its own title dropped
     with right:
-        metrics = _read_json(run / "metrics.json")
+        metrics = Run(run).read_or(Run.METRICS, None)
         if metrics:
             for level in ("patient", "slice"):
                 st.subheader(f"Test metrics, {level} level")
@@ -89,7 +90,7 @@ def models_page(root: Path) -> None:
                     columns=["called COVID-19", "called not COVID-19"],
                 )
             )
-        history = _read_json(run / "history.json") or []
+        history = Run(run).read_or(Run.HISTORY, None) or []
         if history:
             st.subheader("Training")
             frame = pd.DataFrame(
@@ -106,15 +107,6 @@ def models_page(root: Path) -> None:
 
 def _eps(x: Any) -> float | None:
     return None if x in ("inf", None) else float(x)
-
-
-def _read_json(path: Path) -> Any:
-    import json
-
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 # ---- Privacy/utility ---------------------------------------------------------------------

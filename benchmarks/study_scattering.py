@@ -57,12 +57,11 @@ def _test_scores(run: Path, prep: Path) -> tuple[list[str], np.ndarray, np.ndarr
     features, through covidct's own prediction (the same as the saved model on slices)."""
     import covidct.features  # noqa: F401
     from covidct.data.units import PrivacyUnit, load_units
-    from covidct.evaluate import PatientScore
+    from covidct.evaluate import PatientScore, predict
     from covidct.features.cache import FeatureStore
     from covidct.features.scattering import ScatteringSpec
     from covidct.models import build_head
     from covidct.tfsetup import keras
-    from covidct.train import predict
 
     meta = json.loads((run / "run.json").read_text())
     metrics = json.loads((run / "metrics.json").read_text())

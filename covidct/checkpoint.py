@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from covidct.runs import Run
 from data_prep.atomic import atomic_write_bytes, atomic_write_json
 from data_prep.errors import CovidCTError
 
@@ -67,7 +68,7 @@ class LoopState:
 
 
 def folder(run: Path) -> Path:
-    return run / "checkpoints"
+    return run / Run.CHECKPOINTS
 
 
 def write_plan(run: Path, plan: dict[str, Any]) -> None:

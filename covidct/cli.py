@@ -630,8 +630,7 @@ def _auth_secrets(explicit: Path | None) -> tuple[Path | None, str]:
 
 
 def _cmd_audit(args: argparse.Namespace, cfg: Config) -> int:
-    from covidct.privacy.audit import epsilon_estimate
-    from covidct.train import audit_run
+    from covidct.privacy.audit import audit_run, epsilon_estimate
 
     audit = audit_run(args.run)
     for a in audit["attacks"]:

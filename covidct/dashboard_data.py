@@ -4,7 +4,6 @@ the runs table, the privacy/utility curves, and predictions on an uploaded scan.
 from __future__ import annotations
 
 import csv
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -13,7 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from covidct import runs
 from covidct.inference import ModelBundle, ScanPrediction, grad_cam, predict_scan
+from covidct.runs import Run
 from data_prep.uploads import UploadedScan, UploadLimits, read_upload
 
 __all__ = [
@@ -44,16 +45,7 @@ def _num(x: Any) -> float | None:
 
 def find_runs(root: Path) -> list[Path]:
     """Every finished run under ``root`` (run folders, and the runs inside sweep folders)."""
-    if not root.is_dir():
-        return []
-    return sorted(p.parent for p in root.rglob("run.json") if (p.parent / "model.keras").is_file())
-
-
-def _load_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+    return [run.path for run in runs.find_runs(root)]
 
 
 def runs_table(runs: Sequence[Path], root: Path) -> list[dict[str, Any]]:
@@ -62,8 +54,8 @@ def runs_table(runs: Sequence[Path], root: Path) -> list[dict[str, Any]]:
 
     rows = []
     for run in runs:
-        report = _load_json(run / "privacy_report.json") or {}
-        metrics = _load_json(run / "metrics.json") or {}
+        report = Run(run).read_or(Run.REPORT_JSON, None) or {}
+        metrics = Run(run).read_or(Run.METRICS, None) or {}
         audit = report.get("audit") or {}
         patient = metrics.get("patient") or {}
         rows.append(
@@ -94,9 +86,9 @@ def curves_rows(root: Path) -> list[dict[str, Any]]:
     for run in find_runs(root):
         if run.resolve() in in_sweeps:
             continue
-        report = _load_json(run / "privacy_report.json") or {}
-        metrics = _load_json(run / "metrics.json") or {}
-        cfg = _load_json(run / "run.json") or {}
+        report = Run(run).read_or(Run.REPORT_JSON, None) or {}
+        metrics = Run(run).read_or(Run.METRICS, None) or {}
+        cfg = Run(run).read_or(Run.META, None) or {}
         audit = report.get("audit") or {}
         raw = {
             "run_id": run.name,
@@ -114,8 +106,8 @@ def curves_rows(root: Path) -> list[dict[str, Any]]:
 
 def _curve_row(r: dict[str, Any], sweep: str, run: Path) -> dict[str, Any]:
     target = _num(r.get("epsilon_target"))
-    history = _load_json(run / "history.json") or []
-    model = r.get("model") or (_load_json(run / "run.json") or {}).get("model", "")
+    history = Run(run).read_or(Run.HISTORY, None) or []
+    model = r.get("model") or (Run(run).read_or(Run.META, None) or {}).get("model", "")
     return {
         "sweep": sweep,
         "run": r.get("run_id"),

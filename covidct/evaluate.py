@@ -96,3 +96,28 @@ def split_metrics(test: Predictions, validation: Predictions, how: PatientScore)
         "threshold_chosen_on": "validation",
         "slice_labels": "each slice carries its patient's label",
     }
+
+
+def predict(model: Any, units: Any, store: Any, *, batch: int = 256) -> Predictions:
+    """Slice probabilities for every slice of ``units`` (a ``covidct.data.units.Units``;
+    inference mode): the one prediction loop over prepared data (training's validation and
+    test, the audit, the studies).
+
+    ``store``: a ``SliceStore`` for a model on slices, a ``FeatureStore`` for a feature head.
+    """
+    refs = [
+        (units.patients[u], units.labels[u], ref)
+        for u in range(len(units))
+        for ref in units.slices[u]
+    ]
+    probs = np.empty(len(refs), np.float32)
+    for start in range(0, len(refs), batch):
+        part = refs[start : start + batch]
+        x = store.inputs([ref for _, _, ref in part])
+        logits = model(x, training=False).numpy()[:, 0]
+        probs[start : start + len(part)] = 0.5 * (1.0 + np.tanh(logits / 2.0))  # sigmoid
+    return Predictions(
+        patients=[p for p, _, _ in refs],
+        labels=np.array([lab for _, lab, _ in refs], np.float32),
+        probs=probs,
+    )

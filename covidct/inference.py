@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from covidct.evaluate import PatientScore, aggregate
+from covidct.runs import Run
 from data_prep.errors import CovidCTError
 from data_prep.worker import SliceSettings
 
@@ -63,13 +64,13 @@ def load_bundle(run_dir: Path) -> ModelBundle:
         ModelLoadError: not a finished run, or its files are unreadable.
     """
     import covidct.features  # noqa: F401  (registers the scattering layer of feature models)
-    from covidct.tfsetup import keras
 
-    if not (run_dir / "run.json").is_file():
-        raise ModelLoadError(f"{run_dir} is not a finished run (no run.json)")
-    meta = _read(run_dir / "run.json")
-    metrics = _read(run_dir / "metrics.json")
-    report = _read(run_dir / "privacy_report.json")
+    run = Run(run_dir)
+    if not run.is_finished:
+        raise ModelLoadError(f"{run_dir} is not a finished run (no {Run.META})")
+    meta = _read(run.file(Run.META))
+    metrics = _read(run.file(Run.METRICS))
+    report = _read(run.file(Run.REPORT_JSON))
     raw = meta.get("slice_settings")
     if raw is None:  # runs from before slice settings were recorded: the dataset still says
         ds = Path(meta.get("prep", "")) / "dataset.json"
@@ -81,7 +82,7 @@ def load_bundle(run_dir: Path) -> ModelBundle:
         )
     try:
         settings = SliceSettings(**raw)
-        model = keras.models.load_model(run_dir / "model.keras", compile=False)
+        model = run.load_model()
     except (OSError, ValueError, TypeError) as err:
         raise ModelLoadError(f"cannot load the model of {run_dir}: {err}") from err
     eps = report.get("epsilon")

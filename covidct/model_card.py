@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from covidct.privacy.report import PrivacyReport, read_report, report_to_markdown
+from covidct.runs import Run
 from data_prep.errors import CovidCTError
 
 __all__ = [
@@ -90,12 +91,13 @@ def load_run(run_dir: Path) -> RunSummary:
     Raises:
         ReportInputError: not a finished run.
     """
-    if not (run_dir / "run.json").is_file():
+    run = Run(run_dir)
+    if not run.is_finished:
         raise ReportInputError(
             f"{run_dir} is not a finished run (no run.json). Fix: give a folder written by "
             "covidct train, or a sweep folder (with sweep.json)."
         )
-    meta = _read_json(run_dir / "run.json")
+    meta = run.meta()
     dataset = None
     prep = Path(meta.get("prep", ""))
     if (prep / "dataset.json").is_file() and (prep / "prep_report.json").is_file():
@@ -110,13 +112,12 @@ def load_run(run_dir: Path) -> RunSummary:
             "patients_per_split_and_label": counts.get("patients_per_split_and_label", {}),
             "skipped_inputs": counts.get("skipped", 0),
         }
-    history_path = run_dir / "history.json"
     return RunSummary(
         run_dir=run_dir,
         privacy=read_report(run_dir),
-        metrics=_read_json(run_dir / "metrics.json"),
+        metrics=run.metrics(),
         meta=meta,
-        history=_read_json(history_path) if history_path.is_file() else [],
+        history=run.history(),
         dataset=dataset,
     )
 

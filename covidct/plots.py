@@ -4,12 +4,13 @@ batch size at fixed epsilon, and epsilon spent vs epoch."""
 from __future__ import annotations
 
 import io
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 import matplotlib
+
+from covidct.runs import Run
 
 matplotlib.use("Agg")  # before pyplot: no display on servers and in tests
 
@@ -121,7 +122,7 @@ def _epsilon_vs_epoch(rows: list[dict[str, Any]], runs: Path) -> bytes:
     for r in sorted(rows, key=lambda r: (r["epsilon_target"], r["batch_size"])):
         if math.isinf(r["epsilon_target"]) or r["seed"] != 0:
             continue
-        history = json.loads((runs / r["run_id"] / "history.json").read_text())
+        history = Run(runs / r["run_id"]).read(Run.HISTORY)
         eps = [float(h["epsilon"]) for h in history]
         ax.plot(
             range(1, len(eps) + 1),

@@ -33,7 +33,7 @@ import numpy as np
 
 from covidct.data.units import DataError, image_size, slice_settings
 from covidct.errors import ConfigError
-from covidct.runs import read_json
+from covidct.runs import Run, read_json
 from covidct.train_config import TrainConfig
 from data_prep.atomic import atomic_write_json
 
@@ -230,11 +230,10 @@ def export(run: Path, public_prep: Path, out: Path, *, config: TrainConfig) -> P
     ``public_prep`` (each file atomically; the weights first, the record that names them last)."""
     import covidct.features  # noqa: F401  (registers the scattering layer for load_model)
     from covidct.models import build_head, feature_spec
-    from covidct.tfsetup import keras
 
-    meta = read_json(run, "run.json")
-    metrics = read_json(run, "metrics.json")
-    model = keras.models.load_model(run / "model.keras", compile=False)
+    finished = Run(run)
+    meta, metrics = finished.meta(), finished.metrics()
+    model = finished.load_model()
     fspec = feature_spec(config.model)
     standardise = None
     if fspec is not None:

@@ -1,9 +1,18 @@
-"""Run directories: ``runs/<run_id>/`` and the files every run writes."""
+"""Run folders: ``runs/<run_id>/``, the one module that knows their files and formats.
+
+Training writes through ``Run``; the model card, inference, the dashboard, sweeps, public
+pretraining and the audit read through it. JSON files write infinity as the string "inf" and
+NaN as null (``_json_ready``); ``read_number`` turns them back into floats.
+
+    run = Run(path)
+    run.is_finished, run.meta(), run.metrics(), run.history(), run.load_model()
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import secrets
 import time
@@ -49,7 +58,7 @@ def check_new_run(runs_dir: Path, run_id: str) -> Path:
 
 def create_run_dir(runs_dir: Path, run_id: str) -> Path:
     run = check_new_run(runs_dir, run_id)
-    (run / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (run / Run.CHECKPOINTS).mkdir(parents=True, exist_ok=True)
     return run
 
 
@@ -78,3 +87,99 @@ def _json_ready(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return [_json_ready(v) for v in obj]
     return obj
+
+
+def read_number(value: Any) -> float | None:
+    """A number as a run's JSON holds it ("inf" for infinity, null for NaN) -> float or None."""
+    if value is None:
+        return None
+    try:
+        return float(value)  # float("inf") reads the string "inf"
+    except (TypeError, ValueError):
+        return None
+
+
+class Run:
+    """A run folder: its file names, formats and atomic writes, in one place."""
+
+    CONFIG = "config.yaml"  # the resolved configuration the run started with
+    META = "run.json"  # written last: its presence marks a finished run
+    METRICS = "metrics.json"
+    HISTORY = "history.json"
+    AUDIT = "audit.json"
+    MODEL = "model.keras"
+    REPORT_JSON = "privacy_report.json"
+    REPORT_MD = "privacy_report.md"
+    CHECKPOINTS = "checkpoints"
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+    @property
+    def is_finished(self) -> bool:
+        return (self.path / self.META).is_file()
+
+    @property
+    def has_model(self) -> bool:
+        return (self.path / self.MODEL).is_file()
+
+    @property
+    def model_file(self) -> Path:
+        return self.path / self.MODEL
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    # ---- reading ----------------------------------------------------------------------
+
+    def read(self, name: str) -> Any:
+        """A JSON file of the run (raises OSError / ValueError when missing or unreadable)."""
+        return json.loads((self.path / name).read_text())
+
+    def read_or(self, name: str, default: Any) -> Any:
+        """A JSON file of the run, or ``default`` when it is missing or unreadable."""
+        try:
+            return self.read(name)
+        except (OSError, ValueError):
+            return default
+
+    def meta(self) -> dict[str, Any]:
+        return dict(self.read(self.META))
+
+    def metrics(self) -> dict[str, Any]:
+        return dict(self.read(self.METRICS))
+
+    def history(self) -> list[dict[str, Any]]:
+        return list(self.read_or(self.HISTORY, []))
+
+    def load_model(self) -> Any:
+        """The saved Keras model (feature models need the import below: it registers the
+        scattering layer)."""
+        import covidct.features  # noqa: F401
+        from covidct.tfsetup import keras
+
+        return keras.models.load_model(self.model_file, compile=False)
+
+    # ---- writing (each file atomically) ---------------------------------------------------
+
+    def write_json(self, name: str, obj: Any) -> None:
+        write_json(self.path, name, obj)
+
+    def write_config(self, resolved: dict[str, Any]) -> None:
+        write_yaml(self.path, self.CONFIG, resolved)
+
+    def save_model(self, model: Any) -> None:
+        tmp = self.path / f"tmp.{self.MODEL}"  # the .keras suffix picks Keras' format
+        model.save(str(tmp))
+        os.replace(tmp, self.model_file)
+
+
+def find_runs(root: Path) -> list[Run]:
+    """Every finished run with a model under ``root`` (run folders and the runs of sweeps)."""
+    if not root.is_dir():
+        return []
+    found = (Run(p.parent) for p in root.rglob(Run.META))
+    return sorted((r for r in found if r.has_model), key=lambda r: r.path)

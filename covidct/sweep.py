@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from covidct.runs import write_json
+from covidct.runs import Run, write_json
 from covidct.train_config import TrainConfig
 from data_prep.atomic import atomic_write_bytes, atomic_write_text
 from data_prep.errors import CovidCTError
@@ -110,7 +110,7 @@ def grid(epsilons: Sequence[float], batch_sizes: Sequence[int], seeds: int) -> l
 
 
 def _finished(run: Path) -> bool:
-    return (run / "run.json").is_file()
+    return Run(run).is_finished
 
 
 def run_sweep(
@@ -220,9 +220,9 @@ def collect_rows(out: Path, points: Sequence[SweepPoint]) -> list[dict[str, Any]
         run = out / "runs" / point.run_id
         if not _finished(run):
             continue
-        report = json.loads((run / "privacy_report.json").read_text())
-        metrics = json.loads((run / "metrics.json").read_text())
-        meta = json.loads((run / "run.json").read_text())
+        finished = Run(run)
+        report = finished.read(Run.REPORT_JSON)
+        metrics, meta = finished.metrics(), finished.meta()
         audit = report.get("audit") or {}
         p, s = metrics["patient"], metrics["slice"]
         rows.append(

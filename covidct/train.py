@@ -30,14 +30,15 @@ from covidct.data.units import (
     slice_settings,
 )
 from covidct.distributed import replica_chunks, store_loader
-from covidct.evaluate import Predictions, auc_or_nan, split_metrics
+from covidct.evaluate import auc_or_nan, predict, split_metrics
 from covidct.pretrain import PublicStart, load_start
 from covidct.privacy import accounting, ledger
 from covidct.privacy.accounting import Sampling
+from covidct.privacy.audit import audit_model
 from covidct.privacy.modes import ExecutionMode, PerLayerSplit
 from covidct.privacy.plan import PrivacyPlan, plan_privacy
 from covidct.privacy.statements import tf_privacy_statement
-from covidct.runs import check_new_run, create_run_dir, new_run_id, write_json, write_yaml
+from covidct.runs import Run, check_new_run, create_run_dir, new_run_id, write_json
 from covidct.train_config import OptimizerName, TrainConfig
 from data_prep.errors import CovidCTError
 
@@ -178,7 +179,7 @@ def train(
         run = create_run_dir(runs_dir, rid)
         say(f"run folder {run} (if interrupted: covidct train --resume {run})")
         if resolved_config is not None:
-            write_yaml(run, "config.yaml", resolved_config)
+            Run(run).write_config(resolved_config)
         checkpoint.write_plan(
             run,
             {
@@ -220,7 +221,7 @@ def resume(
 
     say = on_event or (lambda msg: logger.info(msg))
     t0 = time.perf_counter()
-    if (run / "run.json").is_file():
+    if Run(run).is_finished:
         raise checkpoint.ResumeError(f"{run} is a finished run (has run.json): nothing to resume")
     saved_plan = checkpoint.read_plan(run)
     try:
@@ -642,9 +643,9 @@ def _finish(
         from covidct.models import assemble
 
         # the saved model takes slices: the fixed transform in front of the trained head
-        _save_model(assemble(model, image_size=image_size(job.prep), spec=fspec), run)
+        Run(run).save_model(assemble(model, image_size=image_size(job.prep), spec=fspec))
     else:
-        _save_model(model, run)
+        Run(run).save_model(model)
 
     steps_repeated = counted - loop.next_step
     # an early stop ends training sooner, but the planned steps are what the mechanism ran
@@ -663,18 +664,18 @@ def _finish(
     if fspec is not None:
         report = replace(report, notes=[*report.notes, _standardisation_note(job)])
     say("auditing: membership inference on training vs held-out patients")
-    audit = _audit(model, job.train_units, store, [val_pred, test_pred], report)
-    write_json(run, "audit.json", audit)
+    audit = audit_model(model, job.train_units, store, [val_pred, test_pred], report)
+    write_json(run, Run.AUDIT, audit)
     report = replace(report, audit=audit)
     write_report(report, run)
     ledger.finish_run(job.prep, job.run_id, steps=accounted, epsilon=report.epsilon)
     say(audit["reading"])
-    write_json(run, "metrics.json", metrics)
-    write_json(run, "history.json", loop.history)
+    write_json(run, Run.METRICS, metrics)
+    write_json(run, Run.HISTORY, loop.history)
     seconds = time.perf_counter() - job.t0
     write_json(
         run,
-        "run.json",
+        Run.META,
         {
             "prep": os.path.abspath(job.prep),
             "device": device.describe(),
@@ -889,78 +890,8 @@ def _released(job: _Job) -> list[str]:
     ]
 
 
-def predict(model: Any, units: Units, store: Any, *, batch: int = 256) -> Predictions:
-    """Slice probabilities for every slice of ``units`` (inference mode).
-
-    ``store``: a ``SliceStore`` for a model on slices, a ``FeatureStore`` for a feature head.
-    """
-    refs = [
-        (units.patients[u], units.labels[u], ref)
-        for u in range(len(units))
-        for ref in units.slices[u]
-    ]
-    probs = np.empty(len(refs), np.float32)
-    for start in range(0, len(refs), batch):
-        part = refs[start : start + batch]
-        x = store.inputs([ref for _, _, ref in part])
-        logits = model(x, training=False).numpy()[:, 0]
-        probs[start : start + len(part)] = 0.5 * (1.0 + np.tanh(logits / 2.0))  # sigmoid
-    return Predictions(
-        patients=[p for p, _, _ in refs],
-        labels=np.array([lab for _, lab, _ in refs], np.float32),
-        probs=probs,
-    )
-
-
 def _fmt_eps(x: float) -> str:
     return "unbounded (a non-private or slice-level run)" if math.isinf(x) else f"epsilon {x:.3g}"
-
-
-def _audit(
-    model: Any, train_units: Units, store: SliceStore, held_out: list[Predictions], report: Any
-) -> dict[str, Any]:
-    """Membership inference: the training patients against the validation and test ones."""
-    from covidct.privacy.audit import audit_predictions
-
-    members = predict(model, train_units, store)
-    others = Predictions(
-        patients=[p for pred in held_out for p in pred.patients],
-        labels=np.concatenate([pred.labels for pred in held_out]),
-        probs=np.concatenate([pred.probs for pred in held_out]),
-    )
-    return audit_predictions(
-        members, others, theoretical_epsilon=report.epsilon, delta=report.delta
-    )
-
-
-def audit_run(run_dir: Path) -> dict[str, Any]:
-    """Re-run the audit of a finished run (``covidct audit RUN``); rewrites audit.json and the
-    privacy report. The prepared dataset must still be where the run recorded it."""
-    import json
-
-    from covidct.privacy.report import read_report, write_report
-    from covidct.tfsetup import keras
-
-    meta_path = run_dir / "run.json"
-    if not meta_path.is_file():
-        raise DataError(f"{run_dir} is not a finished run (no run.json): train it first")
-    meta = json.loads(meta_path.read_text())
-    prep = Path(meta["prep"])
-    unit = PrivacyUnit(meta.get("privacy_unit", PrivacyUnit.PATIENT.value))
-    train_units = load_units(prep, "train", unit)
-    store = SliceStore(prep)
-    import covidct.features  # noqa: F401  (registers the scattering layer of feature models)
-
-    model = keras.models.load_model(run_dir / "model.keras", compile=False)
-    held_out = [
-        predict(model, load_units(prep, split, PrivacyUnit.PATIENT), store)
-        for split in ("validation", "test")
-    ]
-    report = read_report(run_dir)
-    audit = _audit(model, train_units, store, held_out, report)
-    write_json(run_dir, "audit.json", audit)
-    write_report(replace(report, audit=audit), run_dir)
-    return audit
 
 
 def _max_units_per_patient(units: Units) -> int:
@@ -995,12 +926,6 @@ def _load_initial_weights(model: Any, path: Path) -> None:
             f"cannot load initial weights from {path} into {model.name}: {exc} "
             "(the file must come from the same architecture and input size)"
         ) from exc
-
-
-def _save_model(model: Any, run: Path) -> None:
-    tmp = run / "model.tmp.keras"
-    model.save(str(tmp))
-    os.replace(tmp, run / "model.keras")
 
 
 def _bar(total: int, enabled: bool, *, initial: int = 0) -> Any:

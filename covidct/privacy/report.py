@@ -22,6 +22,7 @@ from typing import Any
 
 from covidct.privacy.accounting import Accountant, Sampling
 from covidct.privacy.statements import sampling_assumption
+from covidct.runs import Run
 from data_prep.atomic import atomic_write_json, atomic_write_text
 from data_prep.deid import UnitBasis
 from data_prep.errors import CovidCTError
@@ -29,8 +30,8 @@ from data_prep.errors import CovidCTError
 logger = logging.getLogger(__name__)
 
 REPORT_FORMAT = "covidct-privacy-report/1"
-JSON_NAME = "privacy_report.json"
-MARKDOWN_NAME = "privacy_report.md"
+JSON_NAME = Run.REPORT_JSON
+MARKDOWN_NAME = Run.REPORT_MD
 PRIVACY_UNITS = ("patient", "slice")
 
 
