@@ -16,7 +16,7 @@ import pandas as pd
 import streamlit as st
 from streamlit.runtime.scriptrunner_utils.exceptions import ScriptControlException
 
-from covidct.dashboard_data import (
+from app.services import (
     DISCLAIMER,
     ScanResult,
     curves_rows,

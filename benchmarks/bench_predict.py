@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from covidct.dashboard_data import heat_overlay, predict_upload
+from app.services import heat_overlay, predict_upload
 from covidct.evaluate import PatientScore
 from covidct.inference import ModelBundle
 from covidct.models import build_model

@@ -129,7 +129,7 @@ def choose_device(
             this process is ``worker_index``. Default: the cluster of ``TF_CONFIG``, if any.
         worker_index: this process's index in ``workers``.
         ipus: IPUs to select on an IPU system: one per pipeline stage when the model is
-            pipelined (``covidct.ipu_pipeline``), else 1.
+            pipelined (``covidct.ipu.pipeline``), else 1.
     """
     from covidct.distributed import cluster_from_env, set_tf_config
 

@@ -367,7 +367,7 @@ def _check_model(config: TrainConfig) -> None:
 
 def _pipeline_ipus(config: TrainConfig) -> int:
     """IPUs to select for a private run: one per pipeline stage with per-stage clipping
-    (``covidct.ipu_pipeline`` maps stage s to IPU s), else 1. Non-private runs take one."""
+    (``covidct.ipu.pipeline`` maps stage s to IPU s), else 1. Non-private runs take one."""
     from covidct.privacy.modes import ClippingMode
 
     if config.clipping is ClippingMode.PER_LAYER and config.pipeline_stages > 1:
@@ -451,7 +451,7 @@ def _fit(
         )
         dp: Any
         if groups is not None and device.kind == "ipu" and len(groups) > 1 and plan.dp:
-            from covidct.ipu_pipeline import PipelinedDPGradient
+            from covidct.ipu.pipeline import PipelinedDPGradient
 
             say(
                 f"per-stage clipping: {len(groups)} stages pipelined over {len(groups)} IPUs "

@@ -17,7 +17,7 @@ from pathlib import Path
 from data_prep.deid import UnitBasis
 from data_prep.errors import InputError
 from data_prep.labels import class_folder_label, folder_label
-from data_prep.readers.dicom import DicomHeader, choose_series, probe_file, series_rejection
+from data_prep.readers.dicom import DicomHeader, probe_file, select_series
 from data_prep.readers.images import is_image_name
 from data_prep.readers.nifti import is_nifti_name, nifti_stem
 
@@ -210,39 +210,23 @@ def _group_dicom(
     paths = [p for _, p in candidates]
     root_of = {str(p): r for r, p in candidates}
     results = probe_map(paths) if probe_map is not None else probe_many(paths)
-    series: dict[tuple[str, str], list[DicomHeader]] = defaultdict(list)
+    headers_ok: list[DicomHeader] = []
     for path, res in zip(paths, results, strict=True):
         if isinstance(res, InputError):
             found.skips.append(Skip(str(path), "file", str(res)))
         else:
-            series[(res.study_uid or f"no-study:{res.series_uid}", res.series_uid)].append(res)
-
-    by_study: dict[str, dict[str, list[DicomHeader]]] = defaultdict(dict)
-    for (study, uid), headers in sorted(series.items()):
-        why = series_rejection(headers)
-        if why is not None:
-            found.skips.append(
-                Skip(
-                    _series_dir(headers),
-                    "series",
-                    f"{why} ({len(headers)} file{'s' if len(headers) != 1 else ''})",
-                )
-            )
-            continue
-        by_study[study][uid] = headers
-    for study, cands in sorted(by_study.items()):
-        chosen = choose_series(cands)
-        for uid, headers in sorted(cands.items()):
-            if uid != chosen:
-                found.skips.append(
-                    Skip(
-                        _series_dir(headers),
-                        "series",
-                        f"another axial CT series of the same study was chosen (this one has "
-                        f"{len(headers)} slices, the chosen one {len(cands[chosen])})",
-                    )
-                )
-        headers = sorted(cands[chosen], key=lambda h: h.path)
+            headers_ok.append(res)
+    choices, rejected = select_series(headers_ok)
+    for group, why in rejected:
+        n = len(group)
+        found.skips.append(
+            Skip(_series_dir(group), "series", f"{why} ({n} file{'s' if n != 1 else ''})")
+        )
+    for choice in choices:
+        for group, why in choice.not_chosen():
+            found.skips.append(Skip(_series_dir(group), "series", why))
+        study, chosen = choice.study, choice.chosen
+        headers = sorted(choice.headers, key=lambda h: h.path)
         first = headers[0]
         found.jobs.append(
             Job(

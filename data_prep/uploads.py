@@ -25,10 +25,9 @@ from data_prep.errors import InputError
 from data_prep.intensity import to_uint8, window
 from data_prep.readers.dicom import (
     DicomHeader,
-    choose_series,
     probe_file,
     read_series,
-    series_rejection,
+    select_series,
 )
 from data_prep.readers.images import IMAGE_SUFFIXES, read_image
 from data_prep.readers.nifti import read_nifti
@@ -276,24 +275,17 @@ def _image_scan(
 def _dicom_scan(
     headers: list[DicomHeader], settings: SliceSettings, skipped: list[str]
 ) -> UploadedScan:
-    by_series: dict[str, list[DicomHeader]] = {}
-    for h in headers:
-        by_series.setdefault(h.series_uid, []).append(h)
-    candidates: dict[str, list[DicomHeader]] = {}
-    rejected: list[str] = []
-    for uid, group in by_series.items():
-        why = series_rejection(group)
-        if why is None:
-            candidates[uid] = group
-        else:
-            rejected.append(f"a series of {len(group)} file(s): {why}")
-    if not candidates:
+    choices, rejected_series = select_series(headers)
+    rejected = [f"a series of {len(group)} file(s): {why}" for group, why in rejected_series]
+    if not choices:
         raise UploadError("no axial CT series in the upload (" + "; ".join(rejected[:3]) + ")")
-    chosen = choose_series(candidates)
-    vol = read_series(candidates[chosen])
+    # one scan per upload: the largest chosen series of any study in it
+    best = max(choices, key=lambda c: (len(c.headers), c.chosen))
+    n_series = len(rejected_series) + sum(len(c.series) for c in choices)
+    vol = read_series(best.headers)
     what = "DICOM CT series"
-    if len(by_series) > 1:
-        what += f" (the largest axial CT series of {len(by_series)} in the upload)"
+    if n_series > 1:
+        what += f" (the largest axial CT series of {n_series} in the upload)"
     scan = _hu_scan(vol, what, settings, skipped)
     scan.flags.extend(f"left out {r}" for r in rejected)
     return scan

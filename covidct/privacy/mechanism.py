@@ -119,7 +119,7 @@ def clip_by_groups(
     """One unit's gradient with each parameter group clipped to its own bound C_g.
 
     Each group's norm and factor depend on that group's gradients only, so a pipeline stage
-    can clip its own group without seeing the rest (``covidct.ipu_pipeline``).
+    can clip its own group without seeing the rest (``covidct.ipu.pipeline``).
 
     Args:
         grads: one unit's gradient, one tensor per variable (no unit axis).

@@ -376,6 +376,58 @@ def choose_series(candidates: dict[str, list[DicomHeader]]) -> str:
     return max(candidates, key=lambda uid: (len(candidates[uid]), uid))
 
 
+@dataclass
+class StudyChoice:
+    """One study's series: the one chosen for its volume, and why each other was not."""
+
+    study: str
+    chosen: str  # series UID
+    series: dict[str, list[DicomHeader]]  # the axial CT candidates, chosen one included
+
+    @property
+    def headers(self) -> list[DicomHeader]:
+        return self.series[self.chosen]
+
+    def not_chosen(self) -> list[tuple[list[DicomHeader], str]]:
+        n = len(self.headers)
+        return [
+            (
+                headers,
+                f"another axial CT series of the same study was chosen (this one has "
+                f"{len(headers)} slices, the chosen one {n})",
+            )
+            for uid, headers in sorted(self.series.items())
+            if uid != self.chosen
+        ]
+
+
+def select_series(
+    headers: Sequence[DicomHeader],
+) -> tuple[list[StudyChoice], list[tuple[list[DicomHeader], str]]]:
+    """The one series grouping and choice, for ``covidct prepare`` and dashboard uploads alike:
+    files grouped by (study, series), series that are not axial CT rejected with a reason, and
+    per study the candidate with the most slices chosen.
+
+    Returns:
+        (one choice per study with a candidate, in study order; the rejected series with why).
+    """
+    groups: dict[tuple[str, str], list[DicomHeader]] = {}
+    for h in headers:
+        groups.setdefault((h.study_uid or f"no-study:{h.series_uid}", h.series_uid), []).append(h)
+    by_study: dict[str, dict[str, list[DicomHeader]]] = {}
+    rejected: list[tuple[list[DicomHeader], str]] = []
+    for (study, uid), group in sorted(groups.items()):
+        why = series_rejection(group)
+        if why is None:
+            by_study.setdefault(study, {})[uid] = group
+        else:
+            rejected.append((group, why))
+    choices = [
+        StudyChoice(study, choose_series(cands), cands) for study, cands in sorted(by_study.items())
+    ]
+    return choices, rejected
+
+
 def decode_slice(header: DicomHeader) -> np.ndarray:
     """One slice in HU (float32, rows x columns).
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from covidct import devices
-from covidct.ipu_pipeline import (
+from covidct.ipu.pipeline import (
     PipelinedDPGradient,
     StageClippingOptimizer,
     accumulation_count,
