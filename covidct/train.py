@@ -413,7 +413,7 @@ def _fit(
 ) -> RunResult:
     """Train from ``saved`` (or from scratch) until step ``stop_at``, then finish the run."""
     from covidct.models import build_head, build_model, feature_spec, validate_model
-    from covidct.privacy.mechanism import DPGradient, DPSettings
+    from covidct.privacy.mechanism import DPGradient, DPSettings, DPStep
     from covidct.privacy.secret import RunSecret
     from covidct.tfsetup import keras
 
@@ -449,7 +449,7 @@ def _fit(
             clipping=config.clipping,
             proportional_split=config.per_layer_split is PerLayerSplit.PROPORTIONAL,
         )
-        dp: Any
+        dp: DPStep
         if groups is not None and device.kind == "ipu" and len(groups) > 1 and plan.dp:
             from covidct.ipu.pipeline import PipelinedDPGradient
 

@@ -27,7 +27,7 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, Protocol, cast, runtime_checkable
 
 from covidct.privacy.modes import ClippingMode, ExecutionMode, UnitLoss
 from covidct.privacy.per_unit import LayerwisePerUnit, unsupported_reason
@@ -174,6 +174,27 @@ def noisy_mean(
 
 
 LossFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
+
+
+@runtime_checkable
+class DPStep(Protocol):
+    """What training needs of a DP step, whatever executes it (``DPGradient``: NanoBatch,
+    vectorized, replicated; ``covidct.ipu.pipeline.PipelinedDPGradient``: pipelined on IPUs):
+    one logical batch of units in, each unit's gradient clipped on its own, the clipped sum
+    plus Gaussian noise drawn ONCE divided by the expected batch size, and the optimizer
+    applied."""
+
+    def run_batch(
+        self,
+        rounds: Iterable[Mapping[int, Sequence[Any]]],
+        optimizer: Any,
+        *,
+        step: int,
+        read_loss: bool = False,
+    ) -> float | None:
+        """Train on one logical batch (``rounds`` of per-replica chunks); the mean unit loss
+        when ``read_loss`` (console only: computed without noise), else None."""
+        ...
 
 
 class DPGradient:

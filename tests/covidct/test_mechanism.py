@@ -361,3 +361,11 @@ def test_augmented_views_are_averaged_inside_the_unit_and_clipped_once(mode):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-7)
     separately = np.sum([g * min(1.0, c / np.linalg.norm(g)) for g in per_view], axis=0)
     assert np.linalg.norm(got - separately) > 0.1 * c  # not V units clipped one by one
+
+
+def test_dpgradient_is_a_dp_step():
+    from covidct.privacy.mechanism import DPStep
+
+    settings = DPSettings(clip_norm=1.0, noise_multiplier=1.0, expected_batch_size=4.0)
+    dp = DPGradient(tiny_model(), settings=settings, secret=known_secret(0))
+    assert isinstance(dp, DPStep)
