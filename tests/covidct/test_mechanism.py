@@ -367,5 +367,6 @@ def test_dpgradient_is_a_dp_step():
     from covidct.privacy.mechanism import DPStep
 
     settings = DPSettings(clip_norm=1.0, noise_multiplier=1.0, expected_batch_size=4.0)
-    dp = DPGradient(tiny_model(), settings=settings, secret=known_secret(0))
+    mode = ExecutionMode.NANOBATCH
+    dp = DPGradient(tiny_model(), settings=settings, mode=mode, secret=known_secret(0))
     assert isinstance(dp, DPStep)
