@@ -34,7 +34,10 @@ from data_prep.errors import CovidCTError
 
 @st.cache_resource(show_spinner="Loading the model...")
 def _bundle(run: str) -> ModelBundle:
-    return load_bundle(Path(run))
+    """One loaded model per server, shared by every session (its graphs are traced here)."""
+    bundle = load_bundle(Path(run))
+    bundle.warm_up()
+    return bundle
 
 
 def _fmt(x: Any) -> str:

@@ -8,7 +8,7 @@ privacy_report.json), never the training data.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +36,40 @@ class ModelBundle:
     epsilon: float
     privacy_unit: str
     test_patient_auc: float | None
+    # traced once per loaded model and shared by every session (a server loads each model once):
+    # eager calls of the scattering transform's many small ops cost 2-3x as much
+    _forward: Any = field(default=None, init=False, repr=False, compare=False)
+    _cam: Any = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def name(self) -> str:
         return self.run_dir.name
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """Logits of a (n, size, size, 1) float32 batch in [0, 1], through one traced graph."""
+        if self._forward is None:
+            from covidct.tfsetup import tf
+
+            size = self.settings.image_size
+            model = self.model
+            self._forward = tf.function(
+                lambda t: model(t, training=False),
+                input_signature=[tf.TensorSpec([None, size, size, 1], tf.float32)],
+            )
+        return np.asarray(self._forward(x))[:, 0]
+
+    def warm_up(self) -> None:
+        """Trace the prediction and Grad-CAM graphs now (a few seconds, once per model), so the
+        first upload does not wait for it."""
+        size = self.settings.image_size
+        self.logits(np.zeros((1, size, size, 1), np.float32))
+        self.cam(np.zeros((1, size, size, 1), np.float32))
+
+    def cam(self, x: np.ndarray) -> np.ndarray:
+        """Grad-CAM map (size, size) of one (1, size, size, 1) slice, unnormalised."""
+        if self._cam is None:
+            self._cam = _cam_function(self.model, self.settings.image_size)
+        return np.asarray(self._cam(x))
 
 
 @dataclass
@@ -98,11 +128,11 @@ def load_bundle(run_dir: Path) -> ModelBundle:
     )
 
 
-def _probs(model: Any, slices: np.ndarray, batch: int = 64) -> np.ndarray:
+def _probs(bundle: ModelBundle, slices: np.ndarray, batch: int = 64) -> np.ndarray:
     out = np.empty(len(slices), np.float32)
     for s in range(0, len(slices), batch):
         x = slices[s : s + batch].astype(np.float32)[..., None] / 255.0
-        logits = np.asarray(model(x, training=False))[:, 0]
+        logits = bundle.logits(x)
         out[s : s + len(x)] = 0.5 * (1.0 + np.tanh(logits / 2.0))  # sigmoid, no overflow
     return out
 
@@ -112,7 +142,7 @@ def predict_scan(bundle: ModelBundle, slices: np.ndarray) -> ScanPrediction:
     size = bundle.settings.image_size
     if slices.ndim != 3 or slices.shape[1:] != (size, size):
         raise ValueError(f"expected (n, {size}, {size}) slices, got {slices.shape}")
-    probs = _probs(bundle.model, slices)
+    probs = _probs(bundle, slices)
     score = aggregate(probs, bundle.patient_score)
     return ScanPrediction(probs, score, bundle.threshold, score >= bundle.threshold)
 
@@ -137,23 +167,29 @@ def grad_cam(bundle: ModelBundle, slice_u8: np.ndarray) -> np.ndarray:
     Returns:
         (size, size) float32 in [0, 1]: where the last feature map pushed the logit up.
     """
+    cam = bundle.cam(slice_u8.astype(np.float32)[None, ..., None] / 255.0)
+    top = float(cam.max())
+    return (cam / top).astype(np.float32) if top > 0 else np.zeros_like(cam, np.float32)
+
+
+def _cam_function(model: Any, size: int) -> Any:
     from covidct.tfsetup import keras, tf
 
-    model = bundle.model
     layer = _last_feature_layer(model)
     # two halves around the feature map, so the gradient is taken at the map itself (a tapped
     # model that returns an intermediate output gives no gradient through a custom layer's output)
     lower = keras.Model(model.inputs, layer.output)
     upper = keras.Model(layer.output, model.output)
-    x = tf.constant(slice_u8.astype(np.float32)[None, ..., None] / 255.0)
-    fmap = lower(x, training=False)
-    with tf.GradientTape() as tape:
-        tape.watch(fmap)
-        target = upper(fmap, training=False)[:, 0]
-    grads = tape.gradient(target, fmap)
-    weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
-    cam = tf.nn.relu(tf.reduce_sum(weights * fmap, axis=-1))[0]
-    size = slice_u8.shape[0]
-    cam = tf.image.resize(cam[..., None], (size, size), method="bilinear")[..., 0].numpy()
-    top = float(cam.max())
-    return (cam / top).astype(np.float32) if top > 0 else np.zeros_like(cam, np.float32)
+
+    @tf.function(input_signature=[tf.TensorSpec([1, size, size, 1], tf.float32)])
+    def cam(x: Any) -> Any:
+        fmap = lower(x, training=False)
+        with tf.GradientTape() as tape:
+            tape.watch(fmap)
+            target = upper(fmap, training=False)[:, 0]
+        grads = tape.gradient(target, fmap)
+        weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+        out = tf.nn.relu(tf.reduce_sum(weights * fmap, axis=-1))[0]
+        return tf.image.resize(out[..., None], (size, size), method="bilinear")[..., 0]
+
+    return cam
