@@ -4,8 +4,9 @@ A real server (`covidct dashboard`, one process) and one headless browser (Debia
 through Playwright) with N independent sessions (browser contexts). Each session opens the
 Predict page, uploads the same 64-slice 128x128 NIfTI scan and waits for the scan-level
 probability. Latency: from the upload to the probability on the page. Printed as JSON per N:
-errors, p50/p95/max latency, and the server's resident memory after the round (its sessions
-closed) and its peak, to show that uploads are freed and the model is loaded once.
+errors, p50/p95/max latency, the CPU seconds the server used in the round (the browsers share
+the same cores), and the server's resident memory after the round (its sessions closed) and
+its peak.
 
     .venv/bin/python benchmarks/bench_dashboard_load.py [--sessions 1,4,8] [--runs RUNS]
 
@@ -47,6 +48,12 @@ def _rss_mb(pid: int) -> dict[str, float]:
         if key in ("VmRSS", "VmHWM"):
             out[key] = round(int(value.split()[0]) / 1024, 1)
     return out
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _make_runs(work: Path) -> Path:
@@ -171,7 +178,10 @@ def main() -> int:
             asyncio.run(_round(url, 1, scan))  # warm-up: the model is loaded and traced once
             rounds = []
             for n in (int(x) for x in args.sessions.split(",")):
+                cpu0 = _cpu_s(server.pid)
                 row = asyncio.run(_round(url, n, scan))
+                # the server's share of the 2 cores (the rest went to the browsers)
+                row["server_cpu_s"] = round(_cpu_s(server.pid) - cpu0, 1)
                 time.sleep(2)  # closed sessions are cleaned up
                 row["server_mb_after"] = _rss_mb(server.pid)
                 rounds.append(row)
