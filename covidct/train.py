@@ -412,18 +412,33 @@ def _fit(
     job: _Job, device: Any, *, saved: checkpoint.SavedState | None, counted: int, stop_at: int
 ) -> RunResult:
     """Train from ``saved`` (or from scratch) until step ``stop_at``, then finish the run."""
-    from covidct.models import build_head, build_model, feature_spec, validate_model
-    from covidct.privacy.mechanism import DPGradient, DPSettings, DPStep
     from covidct.privacy.secret import RunSecret
-    from covidct.tfsetup import keras
 
-    config, plan, run, say = job.config, job.plan, job.run, job.say
     # the sampling and the noise rest on this key: drawn now from the OS, never written; a
     # resumed attempt draws a new one; every worker gets the chief's over the collective
     secret = RunSecret.draw().shared(device.broadcast_from_chief)
-    execution = resolve_execution(config.execution, device.kind)
-    say(f"device {device.describe()}; execution mode {execution.value}")
-    size = image_size(job.prep)
+    execution = resolve_execution(job.config.execution, device.kind)
+    job.say(f"device {device.describe()}; execution mode {execution.value}")
+    store, model = _build_model(job, device, saved)
+    optimizer, dp = _build_step(job, device, model, secret, execution)
+    if job.plan.dp:
+        job.say(job.plan.noise_to_signal(_trainable_count(model)))
+    loop = _Loop(job, device, model, optimizer, dp, store, secret, counted=counted)
+    if saved is not None:
+        loop.restore(saved)
+    loop.run(stop_at)
+    if not device.is_chief:
+        job.say(f"worker {device.worker_index} done: worker 0 writes the run")
+        seconds = time.perf_counter() - job.t0
+        return RunResult(job.run, None, {}, device.describe(), execution.value, seconds, False)
+    return _finish(job, model, store, device, execution.value, loop.state, loop.counted)
+
+
+def _build_model(job: _Job, device: Any, saved: checkpoint.SavedState | None) -> tuple[Any, Any]:
+    """What the model reads (slices, or cached features) and the model, on the device."""
+    from covidct.models import build_head, build_model, feature_spec, validate_model
+
+    config = job.config
     fspec = feature_spec(config.model)
     store: Any = SliceStore(job.prep)
     if fspec is not None:
@@ -435,10 +450,22 @@ def _fit(
         if fspec is not None:
             model = build_head(config.model, mean=mean, variance=variance)
         else:
-            model = build_model(config.model, input_size=size, seed=config.seed)
+            model = build_model(config.model, input_size=image_size(job.prep), seed=config.seed)
         validate_model(model)
         if job.start is not None and saved is None:
             _load_initial_weights(model, job.start.weights)
+    return store, model
+
+
+def _build_step(
+    job: _Job, device: Any, model: Any, secret: Any, execution: ExecutionMode
+) -> tuple[Any, Any]:
+    """The optimizer and the DP step that executes the plan (``mechanism.DPStep``)."""
+    from covidct.privacy.mechanism import DPGradient, DPSettings, DPStep
+    from covidct.tfsetup import keras
+
+    config, plan, say = job.config, job.plan, job.say
+    with device.strategy.scope():
         optimizer = _optimizer(config, keras)
         optimizer.build(model.trainable_variables)  # its slots exist, so a checkpoint holds them
         groups = _stage_groups(config, job.prep, model)
@@ -481,95 +508,110 @@ def _fit(
                 jit_compile=device.jit_compile,
                 runner=device.run,
             )
-    if plan.dp:
-        say(plan.noise_to_signal(_trainable_count(model)))
-    loop = checkpoint.LoopState()
-    best_weights = model.get_weights()
-    # the exponential moving average of the weights (De et al. 2022): post-processing of the
-    # noisy iterates, so it costs no privacy; validation, the best epoch and the saved model use it
-    ema = Ema(config.ema, model.get_weights())
-    if saved is not None:
-        model.set_weights(saved.weights)
-        for var, value in zip(optimizer.variables, saved.optimizer, strict=True):
+    return optimizer, dp
+
+
+class _Loop:
+    """The training loop and all its state, explicit: the weights and the optimizer, the
+    best-so-far weights, the EMA, the steps counted for the accountant, and ``state`` (the
+    checkpointed ``LoopState``: next step, history, early stopping)."""
+
+    def __init__(
+        self,
+        job: _Job,
+        device: Any,
+        model: Any,
+        optimizer: Any,
+        dp: Any,
+        store: Any,
+        secret: Any,
+        *,
+        counted: int,
+    ) -> None:
+        config, plan = job.config, job.plan
+        self.job, self.device, self.model, self.optimizer, self.dp = (
+            job,
+            device,
+            model,
+            optimizer,
+            dp,
+        )
+        self.store = store
+        self.counted = counted  # every started step, for the accountant
+        self.state = checkpoint.LoopState()
+        self.best_weights = model.get_weights()
+        # the exponential moving average of the weights (De et al. 2022): post-processing of
+        # the noisy iterates, so it costs no privacy; validation, the best epoch and the saved
+        # model use it
+        self.ema = Ema(config.ema, model.get_weights())
+        self.sampler: PoissonSampler | ShuffledSampler = (
+            PoissonSampler(len(job.train_units), sampling_rate=plan.sampling_rate, secret=secret)
+            if config.sampling is Sampling.POISSON
+            else ShuffledSampler(len(job.train_units), batch_size=config.batch_size, secret=secret)
+        )
+        self.planned_eps = plan.epsilon_per_epoch()
+
+    def restore(self, saved: checkpoint.SavedState) -> None:
+        self.model.set_weights(saved.weights)
+        for var, value in zip(self.optimizer.variables, saved.optimizer, strict=True):
             var.assign(value)
-        ema.restore(saved.ema, model.get_weights())
-        best_weights, loop = saved.best_weights, saved.loop
-        loop.attempts += 1
-    sampler: PoissonSampler | ShuffledSampler
-    if config.sampling is Sampling.POISSON:
-        sampler = PoissonSampler(
-            len(job.train_units), sampling_rate=plan.sampling_rate, secret=secret
-        )
-    else:
-        sampler = ShuffledSampler(len(job.train_units), batch_size=config.batch_size, secret=secret)
-    planned_eps = plan.epsilon_per_epoch()
-    first_step = loop.next_step
-    spe = plan.steps_per_epoch
-    if not loop.done:  # what this attempt sets out to take counts, even if it stops early
-        loop.committed = counted + (stop_at - first_step)
+        self.ema.restore(saved.ema, self.model.get_weights())
+        self.best_weights, self.state = saved.best_weights, saved.loop
+        self.state.attempts += 1
 
-    def save_checkpoint() -> None:
-        if not device.is_chief:
-            return
-        checkpoint.save_state(
-            run,
-            weights=model.get_weights(),
-            optimizer=[v.numpy() for v in optimizer.variables],
-            best_weights=best_weights,
-            loop=loop,
-            ema=ema.state(),
-        )
-
-    def end_epoch(epoch: int) -> None:
-        """Validate after ``epoch`` (1-based), keep the best weights, decide early stopping."""
-        nonlocal best_weights
-        live = ema.swap_in(model)
-        val_pred = predict(model, job.val, store)
-        _, v_labels, v_scores = val_pred.by_patient(config.patient_score)
-        val_auc = auc_or_nan(v_labels, v_scores)
-        # epsilon over every step counted so far (repeated steps included)
-        eps = (
-            planned_eps[epoch - 1]
-            if counted == epoch * spe and epoch <= len(planned_eps)
-            else plan.epsilon(counted)
-        )
-        loop.history.append(
-            {"epoch": epoch, "steps": counted, "epsilon": eps, "validation_patient_auc": val_auc}
-        )
-        every = max(1, config.epochs // 20)  # at most ~20 lines (full batch: an epoch = a step)
-        if epoch % every == 0 or epoch in (1, config.epochs):
-            say(
-                f"epoch {epoch}/{config.epochs}: epsilon spent {eps:.3f}, "
-                f"validation patient AUC {val_auc:.3f}"
-            )
-        if not (val_auc <= loop.best_auc):  # NaN-safe: a NaN AUC never counts as improvement
-            loop.best_auc, best_weights, loop.bad_epochs = val_auc, model.get_weights(), 0
+    def run(self, stop_at: int) -> None:
+        """Steps until ``stop_at`` (or an early stop); then the weights to save are in place."""
+        job, state, config = self.job, self.state, self.job.config
+        first, spe = state.next_step, job.plan.steps_per_epoch
+        if not state.done:  # what this attempt sets out to take counts, even if it stops early
+            state.committed = self.counted + (stop_at - first)
+        bar = _bar(job.plan.steps, job.progress, initial=first)
+        # reading the sums is a collective across workers: the loss display is one process's
+        show_loss = bar is not None and self.device.num_workers == 1
+        losses: list[float] = []
+        step = first
+        while step < stop_at and not state.done:
+            loss = self.step(step, read_loss=show_loss)
+            if loss is not None:
+                losses.append(loss)
+            step += 1
+            state.next_step = step
+            if bar is not None:
+                bar.update(1)
+                # the training loss is computed on private data without noise: console only,
+                # never written to the run (it is not covered by the guarantee)
+                last_eps = state.history[-1]["epsilon"] if state.history else 0.0
+                mean = sum(losses) / max(len(losses), 1)
+                bar.set_postfix(loss=f"{mean:.3f}", eps=f"{last_eps:.2f}")
+            if step % spe == 0:
+                self.end_epoch(step // spe)
+                losses = []
+                self.save_checkpoint()
+            elif config.checkpoint_every and (step - first) % config.checkpoint_every == 0:
+                self.save_checkpoint()
+        if bar is not None:
+            bar.close()
+        if step % spe and not state.done:  # stopped inside an epoch (a resume stopped early)
+            self.end_epoch(len(state.history) + 1)
+        state.done = True
+        self.save_checkpoint()  # a crash while finishing resumes straight to finishing
+        if config.restore_best:
+            self.model.set_weights(self.best_weights)
         else:
-            loop.bad_epochs += 1
-            if config.early_stopping_patience and loop.bad_epochs >= config.early_stopping_patience:
-                say(
-                    f"early stop after epoch {epoch}: no validation improvement (epsilon still "
-                    "counts every planned step: the stopping rule is not part of the mechanism)"
-                )
-                loop.done = True
-        ema.swap_out(model, live)
+            self.ema.swap_in(self.model)  # the last epoch's averaged weights
 
-    bar = _bar(plan.steps, job.progress, initial=first_step)
-    loss_sum, loss_n = 0.0, 0
-    step = first_step
-    chief = device.is_chief
-    # reading the sums is a collective across workers: the loss display is for one process only
-    show_loss = bar is not None and device.num_workers == 1
-    while step < stop_at and not loop.done:
+    def step(self, step: int, *, read_loss: bool) -> float | None:
+        """One noisy update on the sample of ``step``."""
+        job, config, device = self.job, self.job.config, self.device
         # counted BEFORE the noisy update exists: a crash from here on leaves the step counted
-        counted += 1
-        if chief:
-            checkpoint.count_step(run, counted)
-        chosen = sampler.sample(step)  # the same global sample on every worker
+        self.counted += 1
+        if device.is_chief:
+            checkpoint.count_step(job.run, self.counted)
+        chosen = self.sampler.sample(step)  # the same global sample on every worker
         load, shape = store_loader(
             job.train_units,
             chosen,
-            store,
+            self.store,
             k=config.max_slices_per_unit,
             rng=_slice_rng(config.seed, step),
             augment=config.augment,
@@ -583,40 +625,65 @@ def _fit(
             replica_ids=device.replica_ids,
             shape=shape,
         )
-        batch_loss = dp.run_batch(rounds, optimizer, step=step, read_loss=show_loss)
-        ema.update(model)
-        if batch_loss is not None:
-            loss_sum += batch_loss
-            loss_n += 1
-        step += 1
-        loop.next_step = step
-        if bar is not None:
-            bar.update(1)
-            # the training loss is computed on private data without noise: console only,
-            # never written to the run (it is not covered by the guarantee)
-            last_eps = loop.history[-1]["epsilon"] if loop.history else 0.0
-            bar.set_postfix(loss=f"{loss_sum / max(loss_n, 1):.3f}", eps=f"{last_eps:.2f}")
-        if step % spe == 0:
-            end_epoch(step // spe)
-            loss_sum, loss_n = 0.0, 0
-            save_checkpoint()
-        elif config.checkpoint_every and (step - first_step) % config.checkpoint_every == 0:
-            save_checkpoint()
-    if bar is not None:
-        bar.close()
-    if step % spe and not loop.done:  # stopped inside an epoch (a resume that had to stop early)
-        end_epoch(len(loop.history) + 1)
-    loop.done = True
-    save_checkpoint()  # a crash while finishing resumes straight to finishing
-    if config.restore_best:
-        model.set_weights(best_weights)
-    else:
-        ema.swap_in(model)  # the last epoch's averaged weights
-    if not chief:
-        say(f"worker {device.worker_index} done: worker 0 writes the run")
-        seconds = time.perf_counter() - job.t0
-        return RunResult(run, None, {}, device.describe(), execution.value, seconds, chief=False)
-    return _finish(job, model, store, device, execution.value, loop, counted)
+        loss = self.dp.run_batch(rounds, self.optimizer, step=step, read_loss=read_loss)
+        self.ema.update(self.model)
+        return loss  # type: ignore[no-any-return]
+
+    def end_epoch(self, epoch: int) -> None:
+        """Validate after ``epoch`` (1-based), keep the best weights, decide early stopping."""
+        job, config, state, plan = self.job, self.job.config, self.state, self.job.plan
+        live = self.ema.swap_in(self.model)
+        val_pred = predict(self.model, job.val, self.store)
+        _, v_labels, v_scores = val_pred.by_patient(config.patient_score)
+        val_auc = auc_or_nan(v_labels, v_scores)
+        # epsilon over every step counted so far (repeated steps included)
+        eps = (
+            self.planned_eps[epoch - 1]
+            if self.counted == epoch * plan.steps_per_epoch and epoch <= len(self.planned_eps)
+            else plan.epsilon(self.counted)
+        )
+        state.history.append(
+            {
+                "epoch": epoch,
+                "steps": self.counted,
+                "epsilon": eps,
+                "validation_patient_auc": val_auc,
+            }
+        )
+        every = max(1, config.epochs // 20)  # at most ~20 lines (full batch: an epoch = a step)
+        if epoch % every == 0 or epoch in (1, config.epochs):
+            job.say(
+                f"epoch {epoch}/{config.epochs}: epsilon spent {eps:.3f}, "
+                f"validation patient AUC {val_auc:.3f}"
+            )
+        if not (val_auc <= state.best_auc):  # NaN-safe: a NaN AUC never counts as improvement
+            state.best_auc, self.best_weights, state.bad_epochs = (
+                val_auc,
+                self.model.get_weights(),
+                0,
+            )
+        else:
+            state.bad_epochs += 1
+            patience = config.early_stopping_patience
+            if patience and state.bad_epochs >= patience:
+                job.say(
+                    f"early stop after epoch {epoch}: no validation improvement (epsilon still "
+                    "counts every planned step: the stopping rule is not part of the mechanism)"
+                )
+                state.done = True
+        self.ema.swap_out(self.model, live)
+
+    def save_checkpoint(self) -> None:
+        if not self.device.is_chief:
+            return
+        checkpoint.save_state(
+            self.job.run,
+            weights=self.model.get_weights(),
+            optimizer=[v.numpy() for v in self.optimizer.variables],
+            best_weights=self.best_weights,
+            loop=self.state,
+            ema=self.ema.state(),
+        )
 
 
 def _finish(
