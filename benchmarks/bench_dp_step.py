@@ -37,12 +37,12 @@ def build_variant(name: str, size: int, batch: int, model_name: str) -> tuple[An
     """(one training step of ``name`` as a no-argument callable, its model)."""
     import numpy as np
 
+    from covidct.devices import resolve_execution
     from covidct.models import build_model
     from covidct.privacy.mechanism import DPGradient, DPSettings
     from covidct.privacy.modes import ClippingMode, ExecutionMode
     from covidct.privacy.secret import RunSecret
     from covidct.tfsetup import keras, tf
-    from covidct.train import resolve_execution
 
     rng = np.random.default_rng(0)
     x = rng.random((batch, size, size, 1), dtype=np.float32)

@@ -34,12 +34,12 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import numpy as np
 
+    from covidct.devices import resolve_execution
     from covidct.models import build_model
     from covidct.privacy.mechanism import DPGradient, DPSettings, noisy_mean
     from covidct.privacy.modes import ExecutionMode
     from covidct.privacy.secret import NOISE_DRAWS, RunSecret
     from covidct.tfsetup import keras, tf
-    from covidct.train import resolve_execution
 
     model = build_model(args.model, input_size=args.size, seed=0)
     variables = list(model.trainable_variables)

@@ -30,6 +30,7 @@ from covidct.data.units import (
     slice_settings,
 )
 from covidct.distributed import replica_chunks, store_loader
+from covidct.ema import Ema
 from covidct.evaluate import auc_or_nan, predict, split_metrics
 from covidct.pretrain import PublicStart, load_start
 from covidct.privacy import accounting, ledger
@@ -86,14 +87,6 @@ class Placement:
             )
         except ValueError as exc:
             raise ConfigError(f"cannot place training: {exc}") from exc
-
-
-def resolve_execution(mode: ExecutionMode, device_kind: str) -> ExecutionMode:
-    """AUTO: nanobatch on the IPU (what the paper measured fastest there), else vectorized
-    (faster per example on CPU in benchmarks/bench_dp_step.py)."""
-    if mode is not ExecutionMode.AUTO:
-        return mode
-    return ExecutionMode.NANOBATCH if device_kind == "ipu" else ExecutionMode.VECTORIZED
 
 
 @dataclass
@@ -412,6 +405,7 @@ def _fit(
     job: _Job, device: Any, *, saved: checkpoint.SavedState | None, counted: int, stop_at: int
 ) -> RunResult:
     """Train from ``saved`` (or from scratch) until step ``stop_at``, then finish the run."""
+    from covidct.devices import resolve_execution  # imports TensorFlow
     from covidct.privacy.secret import RunSecret
 
     # the sampling and the noise rest on this key: drawn now from the OS, never written; a
@@ -828,40 +822,6 @@ def _feature_store(job: _Job, spec: Any) -> tuple[Any, Any, Any]:
 
 def _trainable_count(model: Any) -> int:
     return int(sum(int(np.prod(v.shape)) for v in model.trainable_variables))
-
-
-class Ema:
-    """Exponential moving average of a model's weights; decay 0 = off (the live weights)."""
-
-    def __init__(self, decay: float, weights: list[np.ndarray]) -> None:
-        self.decay = decay
-        self.avg = [np.array(w, copy=True) for w in weights] if decay else []
-
-    def update(self, model: Any) -> None:
-        if self.decay:
-            d = self.decay
-            self.avg = [
-                d * a + (1 - d) * w for a, w in zip(self.avg, model.get_weights(), strict=True)
-            ]
-
-    def state(self) -> list[np.ndarray]:
-        return list(self.avg)
-
-    def restore(self, arrays: list[np.ndarray], weights: list[np.ndarray]) -> None:
-        if self.decay:
-            self.avg = list(arrays) if arrays else [np.array(w, copy=True) for w in weights]
-
-    def swap_in(self, model: Any) -> list[np.ndarray] | None:
-        """Put the average into ``model``; returns the live weights (None when off)."""
-        if not self.decay:
-            return None
-        live = model.get_weights()
-        model.set_weights(self.avg)
-        return live
-
-    def swap_out(self, model: Any, live: list[np.ndarray] | None) -> None:
-        if live is not None:
-            model.set_weights(live)
 
 
 def _privacy_report(

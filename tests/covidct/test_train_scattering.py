@@ -13,12 +13,13 @@ import pytest
 
 from covidct.config import ConfigError
 from covidct.data.units import PrivacyUnit, load_units
+from covidct.ema import Ema
 from covidct.evaluate import PatientScore, aggregate
 from covidct.features.cache import FeatureStore, feature_stats
 from covidct.models import SCATTERING
 from covidct.privacy.mechanism import unit_losses
 from covidct.privacy.modes import UnitLoss
-from covidct.train import Ema, train
+from covidct.train import train
 from covidct.train_config import TrainConfig
 
 FAST = TrainConfig(epochs=6, seed=1)  # the defaults: scattering, q = 1, EMA
