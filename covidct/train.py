@@ -436,7 +436,11 @@ def _build_model(job: _Job, device: Any, saved: checkpoint.SavedState | None) ->
     fspec = feature_spec(config.model)
     store: Any = SliceStore(job.prep)
     if fspec is not None:
-        store, mean, variance = _feature_store(job, fspec)
+        from covidct.features.cache import training_features
+
+        store, mean, variance = training_features(
+            job.prep, fspec, [job.train_units, job.val, job.test], job.val, say=job.say
+        )
         public = job.start.standardise if job.start is not None else None
         if public is not None:  # the pretrained head's own constants (public statistics)
             mean, variance = public
@@ -785,39 +789,6 @@ def _standardisation_note(job: _Job) -> str:
         "training patients'. Like the choice of the best epoch and of the threshold, this uses "
         "the validation patients without noise: the guarantee covers the training patients only."
     )
-
-
-def _feature_store(job: _Job, spec: Any) -> tuple[Any, Any, Any]:
-    """Cached features of every split (computed on first use) and the standardisation constants,
-    estimated from the validation patients only."""
-    from covidct.features.cache import FeatureStore, ensure_features, feature_stats
-
-    files = {
-        f
-        for units in (job.train_units, job.val, job.test)
-        for refs in units.slices
-        for f, _ in refs
-    }
-    marks: set[int] = set()
-
-    def progress(done: int, total: int) -> None:
-        tenth = 10 * done // total
-        if tenth not in marks and tenth in (2, 5, 8):
-            marks.add(tenth)
-            job.say(f"features: {done}/{total} scans")
-
-    job.say(
-        f"features: scattering (J={spec.j}, L={spec.angles}) of every slice, cached in the "
-        "prepared folder"
-    )
-    stats = ensure_features(job.prep, spec, sorted(files), progress=progress)
-    job.say(
-        f"features: {stats.slices_computed} slices of {stats.computed_volumes} scans computed in "
-        f"{stats.seconds:.0f} s, {stats.reused_volumes} scans reused from {stats.folder}"
-    )
-    store = FeatureStore(job.prep, spec)
-    mean, variance = feature_stats(store, [r for refs in job.val.slices for r in refs])
-    return store, mean, variance
 
 
 def _trainable_count(model: Any) -> int:

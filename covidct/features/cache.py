@@ -25,7 +25,7 @@ from covidct.data.units import DataError, SliceStore, slice_settings
 from covidct.features.scattering import ScatteringSpec
 from data_prep.atomic import atomic_save_npy, atomic_write_json
 
-__all__ = ["CacheStats", "FeatureStore", "ensure_features"]
+__all__ = ["CacheStats", "FeatureStore", "ensure_features", "training_features"]
 
 logger = logging.getLogger(__name__)
 
@@ -158,3 +158,37 @@ def feature_stats(store: FeatureStore, refs: Sequence[tuple[str, int]]) -> tuple
     # a floor on the spread (standard deviation 0.03 on the log scale): a feature nearly constant
     # in these slices must not become a huge number on a slice where it is not
     return x.mean(0).astype(np.float32), np.maximum(x.var(0), 1e-3).astype(np.float32)
+
+
+def training_features(
+    prep: Path,
+    spec: ScatteringSpec,
+    splits: Sequence[Any],
+    validation: Any,
+    *,
+    say: Callable[[str], None],
+) -> tuple[FeatureStore, Any, Any]:
+    """Cached features of every slice of ``splits`` (``covidct.data.units.Units``; computed on
+    first use, then reused by every run and sweep on ``prep``) and the standardisation
+    constants, estimated from the ``validation`` patients only, never the training patients."""
+    files = {f for units in splits for refs in units.slices for f, _ in refs}
+    marks: set[int] = set()
+
+    def progress(done: int, total: int) -> None:
+        tenth = 10 * done // total
+        if tenth not in marks and tenth in (2, 5, 8):
+            marks.add(tenth)
+            say(f"features: {done}/{total} scans")
+
+    say(
+        f"features: scattering (J={spec.j}, L={spec.angles}) of every slice, cached in the "
+        "prepared folder"
+    )
+    stats = ensure_features(prep, spec, sorted(files), progress=progress)
+    say(
+        f"features: {stats.slices_computed} slices of {stats.computed_volumes} scans computed in "
+        f"{stats.seconds:.0f} s, {stats.reused_volumes} scans reused from {stats.folder}"
+    )
+    store = FeatureStore(prep, spec)
+    mean, variance = feature_stats(store, [r for refs in validation.slices for r in refs])
+    return store, mean, variance
