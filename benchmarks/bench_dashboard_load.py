@@ -9,6 +9,7 @@ the same cores), and the server's resident memory after the round (its sessions 
 its peak.
 
     .venv/bin/python benchmarks/bench_dashboard_load.py [--sessions 1,4,8] [--runs RUNS]
+    .venv/bin/python benchmarks/bench_dashboard_load.py --sessions 8,8,8,8   # memory bounded?
 
 Without --runs it trains a small scattering model at epsilon 3 on a synthetic cohort first.
 """
@@ -148,7 +149,7 @@ async def _round(url: str, n: int, scan: tuple[str, bytes]) -> dict[str, object]
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sessions", default="1,4,8")
+    ap.add_argument("--sessions", default="1,4,8", help="a round per value, in this order")
     ap.add_argument("--runs", type=Path, help="a runs folder with a model (default: train one)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="covidct-load-") as tmp:
