@@ -18,7 +18,7 @@ import yaml
 
 from covidct.train_config import TrainConfig
 from data_prep.errors import ConfigError
-from data_prep.pipeline import PrepConfig
+from data_prep.settings import PrepConfig
 from data_prep.synth import SynthConfig
 
 

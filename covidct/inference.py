@@ -17,7 +17,7 @@ import numpy as np
 from covidct.evaluate import PatientScore, aggregate
 from covidct.runs import Run
 from data_prep.errors import CovidCTError
-from data_prep.worker import SliceSettings
+from data_prep.settings import SliceSettings
 
 __all__ = ["ModelBundle", "ScanPrediction", "grad_cam", "load_bundle", "predict_scan"]
 

@@ -14,16 +14,14 @@ import os
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from data_prep.atomic import atomic_write_json, atomic_write_text
 from data_prep.deid import Pseudonymizer, UnitBasis
 from data_prep.discover import Discovery
 from data_prep.labels import LabelTable
 from data_prep.manifest import SliceRow, assign_splits, write_manifest
-
-if TYPE_CHECKING:
-    from data_prep.pipeline import PrepConfig
+from data_prep.settings import PrepConfig
 
 logger = logging.getLogger(__name__)
 

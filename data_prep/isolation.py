@@ -29,14 +29,14 @@ def run_isolated(
     is_done: Callable[[str], bool],
     give_up: Callable[[Any, str, str], None],
     finish: Callable[[], None],
+    initializer: Callable[[], None] | None = None,
 ) -> None:
     """Run ``work(job, key, **kwargs)`` for every (job, key) in ``todo`` on ``workers``
     processes of ``ctx``; ``work`` writes its own result, and ``is_done(key)`` says whether it
     did. A job that crashes or runs past ``timeout`` seconds gets ``give_up(job, key, why)``.
-    ``finish()`` is called once per job, whatever happened to it."""
-    from data_prep.pipeline import quiet_decoders
-
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=quiet_decoders)
+    ``finish()`` is called once per job, whatever happened to it; ``initializer`` runs first in
+    every worker process."""
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=initializer)
     futures: dict[Future[None], tuple[Any, str]] = {
         pool.submit(work, job, key, **kwargs): (job, key) for job, key in todo
     }
@@ -67,7 +67,9 @@ def run_isolated(
     left += [futures[f] for f in waiting]
     for job, key in left:
         if not is_done(key):
-            why = _alone(work, job, key, kwargs, ctx=ctx, timeout=timeout, is_done=is_done)
+            why = _alone(
+                work, job, key, kwargs, ctx=ctx, timeout=timeout, is_done=is_done, init=initializer
+            )
             if why is not None:
                 give_up(job, key, why)
         finish()
@@ -81,11 +83,15 @@ def _stop(pool: ProcessPoolExecutor, *, kill: bool) -> None:
 
 
 def _run_quietly(
-    work: Callable[..., None], job: Any, key: str, kwargs: dict[str, Any], report: Any
+    work: Callable[..., None],
+    job: Any,
+    key: str,
+    kwargs: dict[str, Any],
+    report: Any,
+    init: Callable[[], None] | None,
 ) -> None:
-    from data_prep.pipeline import quiet_decoders
-
-    quiet_decoders()
+    if init is not None:
+        init()
     try:
         work(job, key, **kwargs)
     except BaseException as exc:  # noqa: BLE001  (told to the parent in one line, then exit 1)
@@ -102,10 +108,13 @@ def _alone(
     ctx: Any,
     timeout: float,
     is_done: Callable[[str], bool],
+    init: Callable[[], None] | None,
 ) -> str | None:
     """Run one job in a process of its own; None if it finished, else what happened."""
     told, report = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_run_quietly, args=(work, job, key, kwargs, report), daemon=True)
+    proc = ctx.Process(
+        target=_run_quietly, args=(work, job, key, kwargs, report, init), daemon=True
+    )
     proc.start()
     report.close()
     proc.join(timeout)

@@ -21,7 +21,6 @@ import os
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,33 +32,13 @@ from data_prep.errors import CovidCTError, InputError
 from data_prep.isolation import run_isolated
 from data_prep.labels import read_label_csv
 from data_prep.readers.dicom import DicomHeader
-from data_prep.worker import SliceSettings, process_job
+from data_prep.settings import PrepConfig, SliceSettings
+from data_prep.worker import process_job
 
 logger = logging.getLogger(__name__)
 
 PROBE_CHUNK = 128
-
-
-@dataclass(frozen=True)
-class PrepConfig:
-    """Options of ``prepare``.
-
-    Attributes:
-        slices: how slices are windowed, selected and resized (fixed per PREP folder).
-        split: train, validation, test fractions of patients.
-        seed: seed of the split.
-        workers: processes; 0 = all cores.
-        image_patient_regex: regex whose first group, on an image's file name, is its patient.
-        job_timeout_s: with several workers, a scan whose reading takes longer than this is
-            taken to hang (a decoder stuck on a corrupt file): it is stopped and reported.
-    """
-
-    slices: SliceSettings = field(default_factory=SliceSettings)
-    split: tuple[float, float, float] = (0.7, 0.15, 0.15)
-    seed: int = 0
-    workers: int = 0
-    image_patient_regex: str = ""
-    job_timeout_s: float = 900.0
+_DEFAULT = PrepConfig()  # frozen: one shared default
 
 
 class PrepFolderError(CovidCTError):
@@ -70,7 +49,7 @@ def prepare(
     inputs: Sequence[Path],
     out_dir: Path,
     *,
-    config: PrepConfig = PrepConfig(),
+    config: PrepConfig = _DEFAULT,
     labels: Sequence[Path] = (),
     progress: bool = False,
     on_job_done: Callable[[int, int], None] | None = None,
@@ -236,6 +215,7 @@ def _run_jobs(
                     out_dir, job, key, {"status": "skipped", "reason": why, "file_skips": []}
                 ),
                 finish=finish,
+                initializer=quiet_decoders,
             )
     finally:
         if bar is not None:

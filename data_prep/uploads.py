@@ -31,8 +31,9 @@ from data_prep.readers.dicom import (
 )
 from data_prep.readers.images import IMAGE_SUFFIXES, read_image
 from data_prep.readers.nifti import read_nifti
+from data_prep.settings import SliceSettings
 from data_prep.volume import Volume
-from data_prep.worker import SliceSettings, hu_volume_slices, image_slice
+from data_prep.worker import hu_volume_slices, image_slice
 
 __all__ = ["UploadError", "UploadLimits", "UploadedScan", "read_upload"]
 

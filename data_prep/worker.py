@@ -6,7 +6,7 @@ returns a JSON-ready record that names no identifier (pseudonyms only).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from data_prep.intensity import gray8_to_unit, to_uint8, window
 from data_prep.readers.dicom import read_series
 from data_prep.readers.images import read_image
 from data_prep.readers.nifti import read_nifti
+from data_prep.settings import SliceSettings
 from data_prep.slicing import (
     AIR_HU,
     LUNG_THRESHOLD_HU,
@@ -34,8 +35,6 @@ from data_prep.slicing import (
 )
 from data_prep.volume import Volume
 
-CROPS = ("none", "lungs")
-
 
 @dataclass(frozen=True)
 class HuSlices:
@@ -49,34 +48,6 @@ class HuSlices:
     def crop(self, hu: np.ndarray) -> np.ndarray:
         """The same crop of source slices ``hu`` (n, h, w) at their own resolution."""
         return hu if self.box is None else crop_to_box(hu, self.box, fill=AIR_HU)
-
-
-@dataclass(frozen=True)
-class SliceSettings:
-    """How slices are made; stored in dataset.json and fixed for the life of a PREP folder."""
-
-    image_size: int = 64
-    window_level: float = -600.0
-    window_width: float = 1500.0
-    lung_only: bool = True
-    min_lung_fraction: float = 0.02
-    # "lungs": crop each scan to a square (in mm) around its lungs plus a margin before
-    # resizing, so the lungs fill more of the image (on the phantoms about 1.3x wider); "none":
-    # the whole field of view. It did not speed learning on the demo cohort (learnability.py,
-    # with masking: validation AUC 0.75 against 0.84 after 150 steps, one seed each).
-    # Prepared folders from before this setting existed were made with "none".
-    crop: str = "none"
-    # True: everything outside the lung field (body wall, bone, heart, mediastinum, table)
-    # becomes air, so a model sees the lungs and what lies in them (slicing.lung_field). In
-    # benchmarks/learnability.py masking is what made the demo cohort learnable from scratch.
-    mask_outside_lungs: bool = False
-
-    def __post_init__(self) -> None:
-        if self.crop not in CROPS:
-            raise ValueError(f"slices.crop must be one of {', '.join(CROPS)}, got {self.crop!r}")
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def process_job(
