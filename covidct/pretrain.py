@@ -228,10 +228,10 @@ def load_start(weights: Path, *, config: TrainConfig, prep: Path) -> PublicStart
 def export(run: Path, public_prep: Path, out: Path, *, config: TrainConfig) -> PublicStart:
     """Write ``OUT.weights.h5`` and ``OUT.json`` from a finished non-private run on
     ``public_prep`` (each file atomically; the weights first, the record that names them last)."""
-    import covidct.features  # noqa: F401  (registers the scattering layer for load_model)
+    from covidct.config import to_dict
     from covidct.models import build_head, feature_spec
 
-    finished = Run(run)
+    finished = Run(run)  # Run.load_model registers the scattering layer
     meta, metrics = finished.meta(), finished.metrics()
     model = finished.load_model()
     fspec = feature_spec(config.model)
@@ -261,18 +261,12 @@ def export(run: Path, public_prep: Path, out: Path, *, config: TrainConfig) -> P
         "public_data": _public_data(public_prep),
         "scan_sha256": sorted(_scan_hashes(public_prep)),
         "public_test_patient_auc": auc if auc is None or math.isfinite(auc) else None,
-        "train": {k: v for k, v in _plain(config).items() if k != "initial_weights"},
+        "train": {k: v for k, v in to_dict(config).items() if k != "initial_weights"},
         "weights_file": weights.name,
         "sha256": _sha256(weights),
     }
     atomic_write_json(provenance_path(weights), provenance)
     return PublicStart(weights, provenance["sha256"], provenance)
-
-
-def _plain(config: TrainConfig) -> dict[str, Any]:
-    from covidct.config import to_dict
-
-    return dict(to_dict(config))
 
 
 def pretrain(

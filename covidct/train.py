@@ -527,13 +527,8 @@ class _Loop:
         counted: int,
     ) -> None:
         config, plan = job.config, job.plan
-        self.job, self.device, self.model, self.optimizer, self.dp = (
-            job,
-            device,
-            model,
-            optimizer,
-            dp,
-        )
+        self.job, self.device, self.model = job, device, model
+        self.optimizer, self.dp = optimizer, dp
         self.store = store
         self.counted = counted  # every started step, for the accountant
         self.state = checkpoint.LoopState()

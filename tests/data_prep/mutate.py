@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import gzip
 import io
-import shutil
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -249,7 +248,3 @@ def labels_csv(cases: list[Case], path: Path) -> Path:
     rows = ["patient_id,label"] + [f"{c.patient},{i % 2}" for i, c in enumerate(cases)]
     path.write_text("\n".join(rows) + "\n")
     return path
-
-
-def clear(out: Path) -> None:
-    shutil.rmtree(out, ignore_errors=True)

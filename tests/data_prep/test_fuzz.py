@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -99,7 +98,3 @@ def test_the_upload_reader_answers_every_mutated_file_with_a_message(fuzzed):
             read_upload(files, SliceSettings(image_size=32))
         except InputError as exc:
             assert str(exc) and "\n" not in str(exc)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(pytest.main([__file__, "-q"]))
