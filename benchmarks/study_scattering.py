@@ -59,14 +59,13 @@ def _test_scores(run: Path, prep: Path) -> tuple[list[str], np.ndarray, np.ndarr
     from covidct.data.units import PrivacyUnit, load_units
     from covidct.evaluate import PatientScore, predict
     from covidct.features.cache import FeatureStore
-    from covidct.features.scattering import ScatteringSpec
+    from covidct.features.transform import from_record
     from covidct.models import build_head
     from covidct.tfsetup import keras
 
     meta = json.loads((run / "run.json").read_text())
     metrics = json.loads((run / "metrics.json").read_text())
-    f = meta["features"]
-    spec = ScatteringSpec(j=f["j"], angles=f["angles"], grid=f["grid"], log_floor=f["log_floor"])
+    spec = from_record(meta["features"])
     saved = keras.models.load_model(run / "model.keras", compile=False)
     norm = saved.get_layer("standardise")
     head = build_head(meta["model"], mean=norm.input_mean, variance=norm.input_variance)

@@ -148,12 +148,13 @@ def predict_scan(bundle: ModelBundle, slices: np.ndarray) -> ScanPrediction:
 
 
 def _last_feature_layer(model: Any) -> Any:
-    """Where Grad-CAM looks: a scattering model's maps (the fixed transform: the heat map shows
-    which positions' texture features pushed the logit up), else the last layer with a spatial
-    (H, W, C) output."""
+    """Where Grad-CAM looks: a feature model's transform maps (the heat map shows which
+    positions' texture or attenuation features pushed the logit up), else the last layer with a
+    spatial (H, W, C) output."""
     names = {layer.name for layer in model.layers}
-    if "scattering" in names:
-        return model.get_layer("scattering")
+    for fixed in ("scattering", "attenuation"):  # FixedTransform.name: the maps' layer
+        if fixed in names:
+            return model.get_layer(fixed)
     for layer in reversed(model.layers):
         shape = getattr(layer, "output_shape", None)
         if isinstance(shape, tuple) and len(shape) == 4 and shape[1] and shape[1] > 1:

@@ -144,6 +144,7 @@ def train(
     train_units, val, test = _load_splits(prep, config)
     _check_clipping(config)
     _check_model(config)
+    _check_slices_fit(config, prep, say)
     start = _public_start(config, prep)
     plan = plan_privacy(n_units=len(train_units), config=config, target_epsilon=target_epsilon)
     say(plan.describe(config.learning_rate))
@@ -326,6 +327,16 @@ def _check_clipping(config: TrainConfig) -> None:
             "train.pipeline_stages clips each stage on its own, which is per-layer clipping: "
             "add --clipping per-layer (or set train.pipeline_stages: 0)"
         )
+
+
+def _check_slices_fit(config: TrainConfig, prep: Path, say: Callable[[str], None]) -> None:
+    from covidct.features.cache import check_slices
+    from covidct.models import feature_spec
+
+    spec = feature_spec(config.model)
+    note = check_slices(spec, prep, config.model) if spec is not None else None
+    if note:
+        say(note)
 
 
 def _check_model(config: TrainConfig) -> None:
@@ -700,10 +711,18 @@ def _finish(
 
     fspec = feature_spec(config.model)
     if fspec is not None:
+        from covidct.features.transform import window_of
         from covidct.models import assemble
 
         # the saved model takes slices: the fixed transform in front of the trained head
-        Run(run).save_model(assemble(model, image_size=image_size(job.prep), spec=fspec))
+
+        saved = assemble(
+            model,
+            image_size=image_size(job.prep),
+            spec=fspec,
+            window=window_of(slice_settings(job.prep)),
+        )
+        Run(run).save_model(saved)
     else:
         Run(run).save_model(model)
 
@@ -765,20 +784,29 @@ def _finish(
 def _features_record(prep: Path, fspec: Any) -> dict[str, Any] | None:
     if fspec is None:
         return None
+    from covidct.features.transform import cache_key
+
     settings = slice_settings(prep)
-    return {**fspec.record(settings), "cache_key": fspec.key(settings)}
+    return {**fspec.record(settings), "cache_key": cache_key(fspec, settings)}
+
+
+def _fixed(job: _Job) -> str:
+    from covidct.models import feature_spec
+
+    spec = feature_spec(job.config.model)
+    return spec.describe() if spec is not None else "none"
 
 
 def _standardisation_note(job: _Job) -> str:
     if job.start is not None and job.start.standardise is not None:
         return (
-            "The model's features are a fixed scattering transform of each slice (no training "
-            "data involved). They were standardised with the constants that came with the "
+            f"The model's features are a fixed transform of each slice ({_fixed(job)}; no "
+            "training data involved). They were standardised with the constants that came with the "
             f"public starting weights ({job.start.weights.name}), estimated on that public "
             "data's features, never on the private training patients'."
         )
     return (
-        "The model's features are a fixed scattering transform of each slice (no training "
+        f"The model's features are a fixed transform of each slice ({_fixed(job)}; no training "
         "data involved). Before training they were standardised per channel with the mean and "
         f"variance of the {len(job.val)} validation patients' features, never the private "
         "training patients'. Like the choice of the best epoch and of the threshold, this uses "

@@ -23,7 +23,7 @@ class TrainConfig:
 
     Attributes:
         model: registry name (see covidct.models.available_models()). The defaults below are
-            the recipe of the default model, ``scattering`` (a fixed transform and a small head:
+            the recipe of the default model, ``attenuation`` (a fixed transform and a small head:
             full-batch DP-GD, many steps, EMA), chosen on synthetic data only
             (benchmarks/study_scattering.py); configs/cnn.yaml is the recipe of the CNNs.
         epochs: passes over the training units (an epoch = 1/q steps).
@@ -77,8 +77,8 @@ class TrainConfig:
             key drawn per run (``covidct.privacy.secret``), never from this seed.
     """
 
-    model: str = "scattering"
-    epochs: int = 200
+    model: str = "attenuation"
+    epochs: int = 400
     batch_size: int = 0
     max_slices_per_unit: int = 16
     clip_norm: float = 1.0
@@ -105,4 +105,4 @@ class TrainConfig:
     checkpoint_every: int = 50
     seed: int = 0
     ema: float = 0.9
-    baseline_learning_rate: float = 0.3
+    baseline_learning_rate: float = 3.0

@@ -17,7 +17,7 @@ CROPS = ("none", "lungs")
 class SliceSettings:
     """How slices are made; stored in dataset.json and fixed for the life of a PREP folder."""
 
-    image_size: int = 64
+    image_size: int = 96
     window_level: float = -600.0
     window_width: float = 1500.0
     lung_only: bool = True
@@ -29,9 +29,10 @@ class SliceSettings:
     # Prepared folders from before this setting existed were made with "none".
     crop: str = "none"
     # True: everything outside the lung field (body wall, bone, heart, mediastinum, table)
-    # becomes air, so a model sees the lungs and what lies in them (slicing.lung_field). In
-    # benchmarks/learnability.py masking is what made the demo cohort learnable from scratch.
-    mask_outside_lungs: bool = False
+    # becomes air, so a model sees the lungs and what lies in them (slicing.lung_field). The
+    # default model's attenuation features need it: unmasked, the body wall's edges fill their
+    # bands.
+    mask_outside_lungs: bool = True
 
     def __post_init__(self) -> None:
         if self.crop not in CROPS:

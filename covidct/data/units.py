@@ -108,6 +108,17 @@ def slice_settings(prep: Path) -> dict[str, object]:
         ) from exc
 
 
+def slice_kinds(prep: Path) -> dict[str, int]:
+    """How many of the prepared slices are HU (``hu``) or plain images (``gray8``)."""
+    manifest = prep / "manifest.csv"
+    if not manifest.exists():
+        raise DataError(f"{manifest} not found: run covidct prepare first")
+    kinds: dict[str, int] = {}
+    for r in read_manifest(manifest):
+        kinds[r.kind] = kinds.get(r.kind, 0) + 1
+    return kinds
+
+
 def load_units(prep: Path, split: str, unit: PrivacyUnit) -> Units:
     """Group a split's slices into privacy units, in a stable order.
 

@@ -1,9 +1,19 @@
 """Fixed, data-independent slice features and their per-PREP cache.
 
-Importing this package registers ``ScatteringMaps`` with Keras, so a saved scattering model loads
-with ``keras.models.load_model`` (see ``covidct.features.scattering``).
+Importing this package registers the transforms' Keras layers (``ScatteringMaps``,
+``AttenuationMaps``, ``AttenuationPool``), so a saved feature model loads with
+``keras.models.load_model`` (see ``covidct.features.transform``).
 """
 
+from covidct.features.attenuation import AttenuationMaps, AttenuationPool, AttenuationSpec
 from covidct.features.scattering import ScatteringMaps, ScatteringSpec
+from covidct.features.transform import FixedTransform
 
-__all__ = ["ScatteringMaps", "ScatteringSpec"]
+__all__ = [
+    "AttenuationMaps",
+    "AttenuationPool",
+    "AttenuationSpec",
+    "FixedTransform",
+    "ScatteringMaps",
+    "ScatteringSpec",
+]

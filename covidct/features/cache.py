@@ -1,6 +1,6 @@
 """The feature cache of a prepared folder: every slice's fixed features, computed once.
 
-Layout: ``PREP/features/scattering-<key>/<volume>.npy`` holds float32 (n, features)
+Layout: ``PREP/features/<transform>-<key>/<volume>.npy`` holds float32 (n, features)
 for the n slices of ``PREP/slices/<volume>.npy`` in the same order, and ``spec.json`` says what
 was computed (the transform's parameters, kymatio's version and the slice settings; ``key``
 hashes exactly these). No identifier goes in: volume names are the pseudonyms prepare already
@@ -22,10 +22,16 @@ from typing import Any
 import numpy as np
 
 from covidct.data.units import DataError, SliceStore, slice_settings
-from covidct.features.scattering import ScatteringSpec
+from covidct.features.transform import FixedTransform, cache_key, window_of
 from data_prep.atomic import atomic_save_npy, atomic_write_json
 
-__all__ = ["CacheStats", "FeatureStore", "ensure_features", "training_features"]
+__all__ = [
+    "CacheStats",
+    "FeatureStore",
+    "check_slices",
+    "ensure_features",
+    "training_features",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +45,32 @@ class CacheStats:
     seconds: float
 
 
-def cache_folder(prep: Path, spec: ScatteringSpec) -> Path:
-    return prep / "features" / f"scattering-{spec.key(slice_settings(prep))}"
+def cache_folder(prep: Path, spec: FixedTransform) -> Path:
+    return prep / "features" / f"{spec.name}-{cache_key(spec, slice_settings(prep))}"
+
+
+def check_slices(spec: FixedTransform, prep: Path, model: str) -> str | None:
+    """Refuse slices without HU for a transform that reads HU (``ConfigError``); return a note
+    when the slices were not masked to the lungs (their body wall's edges fall in its bands)."""
+    from covidct.config import ConfigError
+    from covidct.data.units import slice_kinds
+
+    if not spec.needs_hu:
+        return None
+    images = slice_kinds(prep).get("gray8", 0)
+    if images:
+        raise ConfigError(
+            f"model {model!r} measures attenuation in HU, but {images} slices of {prep} come "
+            "from images without HU (PNG/JPEG folders): train with --set "
+            "train.model=scattering (texture features that need no HU), or prepare DICOM/NIfTI"
+        )
+    if not slice_settings(prep).get("mask_outside_lungs", False):
+        return (
+            f"note: {prep} was prepared without prepare.slices.mask_outside_lungs, so the body "
+            f"wall's edges fall in the attenuation bands of model {model!r}; it learns better "
+            "from masked slices (prepare again with the default settings)"
+        )
+    return None
 
 
 def _shard(folder: Path, slice_file: str) -> Path:
@@ -49,7 +79,7 @@ def _shard(folder: Path, slice_file: str) -> Path:
 
 def ensure_features(
     prep: Path,
-    spec: ScatteringSpec,
+    spec: FixedTransform,
     slice_files: Sequence[str],
     *,
     progress: Callable[[int, int], None] | None = None,
@@ -65,7 +95,7 @@ def ensure_features(
     Raises:
         DataError: a slice shard is unreadable, or its size does not fit the transform.
     """
-    from covidct.features.scattering import scattering_features
+    from covidct.features.transform import compute_features
 
     t0 = time.perf_counter()
     settings = slice_settings(prep)
@@ -85,7 +115,7 @@ def ensure_features(
     n_slices = 0
     for done, f in enumerate(todo, 1):
         slices = np.asarray(store.array(f))
-        feats = scattering_features(slices, spec=spec)
+        feats = compute_features(slices, spec, window_of(settings))
         atomic_save_npy(_shard(folder, f), feats)
         n_slices += len(slices)
         if progress is not None:
@@ -99,7 +129,7 @@ def ensure_features(
     return stats
 
 
-def _current(shard: Path, n_slices: int, spec: ScatteringSpec) -> bool:
+def _current(shard: Path, n_slices: int, spec: FixedTransform) -> bool:
     """The shard exists and holds one row of features per slice of its scan (a scan prepared
     again with other slices gets its features again)."""
     if not shard.is_file():
@@ -113,11 +143,11 @@ def _current(shard: Path, n_slices: int, spec: ScatteringSpec) -> bool:
 class FeatureStore:
     """Reads cached features like ``SliceStore`` reads slices: ``get(slice_file, index)``.
 
-    Shards stay in memory once read (float32; 1.6 kB per slice at J=2, L=8: 80 MB for 50,000
-    slices), because full-batch training reads every training slice at every step.
+    Shards stay in memory once read (float32; 1.6 kB per slice for scattering at J=2, L=8:
+    80 MB for 50,000 slices), because full-batch training reads every training slice at every step.
     """
 
-    def __init__(self, prep: Path, spec: ScatteringSpec) -> None:
+    def __init__(self, prep: Path, spec: FixedTransform) -> None:
         self.prep = prep
         self.spec = spec
         self.folder = cache_folder(prep, spec)
@@ -162,7 +192,7 @@ def feature_stats(store: FeatureStore, refs: Sequence[tuple[str, int]]) -> tuple
 
 def training_features(
     prep: Path,
-    spec: ScatteringSpec,
+    spec: FixedTransform,
     splits: Sequence[Any],
     validation: Any,
     *,
@@ -180,10 +210,7 @@ def training_features(
             marks.add(tenth)
             say(f"features: {done}/{total} scans")
 
-    say(
-        f"features: scattering (J={spec.j}, L={spec.angles}) of every slice, cached in the "
-        "prepared folder"
-    )
+    say(f"features: {spec.describe()} of every slice, cached in the prepared folder")
     stats = ensure_features(prep, spec, sorted(files), progress=progress)
     say(
         f"features: {stats.slices_computed} slices of {stats.computed_volumes} scans computed in "

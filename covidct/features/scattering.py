@@ -28,11 +28,10 @@ import, which registers the layer::
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
+from covidct.features.transform import Window
 from covidct.tfsetup import keras, tf
 
 __all__ = [
@@ -40,7 +39,6 @@ __all__ = [
     "ScatteringMaps",
     "ScatteringSpec",
     "pooled_features",
-    "scattering_features",
 ]
 
 KYMATIO_VERSION = "0.3.0"
@@ -61,6 +59,16 @@ class ScatteringSpec:
     angles: int = 8
     grid: int = 2
     log_floor: float = 1e-3
+
+    transform_id: ClassVar[str] = "scattering2d"
+
+    @property
+    def name(self) -> str:
+        return "scattering"
+
+    @property
+    def needs_hu(self) -> bool:
+        return False
 
     @property
     def channels(self) -> int:
@@ -91,18 +99,33 @@ class ScatteringSpec:
 
     def record(self, slice_settings: dict[str, Any]) -> dict[str, Any]:
         """What features of slices made with ``slice_settings`` are: this transform, kymatio's
-        version and the slice settings (the cache's ``spec.json`` and ``key``)."""
+        version and the slice settings (the cache's ``spec.json`` and key)."""
         return {
-            "transform": "scattering2d",
+            "transform": self.transform_id,
             "kymatio": KYMATIO_VERSION,
             **asdict(self),
             "slices": slice_settings,
         }
 
-    def key(self, slice_settings: dict[str, Any]) -> str:
-        """Cache key: a hash of ``record``."""
-        blob = json.dumps(self.record(slice_settings), sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> ScatteringSpec:
+        return cls(
+            j=int(record["j"]),
+            angles=int(record["angles"]),
+            grid=int(record["grid"]),
+            log_floor=float(record["log_floor"]),
+        )
+
+    def describe(self) -> str:
+        return f"scattering (J={self.j}, L={self.angles})"
+
+    def features(self, inputs: Any, *, image_size: int, window: Window) -> Any:
+        """The window does not matter: scattering reads the stored values as they are."""
+        del window
+        maps = ScatteringMaps(
+            image_size, j=self.j, angles=self.angles, log_floor=self.log_floor, name=self.name
+        )(inputs)
+        return pooled_features(maps, self, image_size)
 
 
 def _frontend(image_size: int, spec: ScatteringSpec) -> Any:
@@ -159,36 +182,3 @@ def pooled_features(maps: Any, spec: ScatteringSpec, image_size: int) -> Any:
     mean = keras.layers.Flatten(name="grid_mean_flat")(mean)
     top = keras.layers.GlobalMaxPooling2D(name="slice_max")(maps)
     return keras.layers.Concatenate(name="features")([mean, top])
-
-
-def extractor(image_size: int, spec: ScatteringSpec) -> keras.Model:
-    """Slices (S, S, 1) in [0, 1] -> their ``spec.size`` features."""
-    spec.check(image_size)
-    inputs = keras.Input((image_size, image_size, 1), name="slice")
-    maps = ScatteringMaps(
-        image_size, j=spec.j, angles=spec.angles, log_floor=spec.log_floor, name="scattering"
-    )(inputs)
-    return keras.Model(inputs, pooled_features(maps, spec, image_size), name="scattering_features")
-
-
-# one traced extractor per (size, spec) in this process: building and tracing one costs seconds,
-# and a sweep computes features for several runs
-_TRACED: dict[tuple[int, ScatteringSpec], Any] = {}
-
-
-def scattering_features(slices_u8: Any, *, spec: ScatteringSpec, batch: int = 128) -> Any:
-    """Features of (n, S, S) uint8 lung-window slices: (n, spec.size) float32."""
-    import numpy as np
-
-    n, size = len(slices_u8), int(slices_u8.shape[-1])
-    fn = _TRACED.get((size, spec))
-    if fn is None:
-        model = extractor(size, spec)
-        fn = _TRACED[(size, spec)] = tf.function(
-            lambda x: model(x, training=False), reduce_retracing=True
-        )
-    out = np.empty((n, spec.size), np.float32)
-    for start in range(0, n, batch):
-        x = np.asarray(slices_u8[start : start + batch], np.float32)[..., None] / 255.0
-        out[start : start + len(x)] = fn(tf.constant(x)).numpy()
-    return out

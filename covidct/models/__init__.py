@@ -1,14 +1,15 @@
 """Model registry: name -> builder of a binary classifier of slices with one logit output.
 
 Two families: CNNs that learn their filters (``gn_cnn_small``, ``gn_resnet18``), and models on
-fixed features (``scattering``: a fixed scattering transform and a 406-parameter linear head,
-trained on cached features; the default, because few trainable parameters hear less DP noise).
+fixed features (``attenuation``, ``scattering``: a fixed transform and a linear head trained on
+cached features; ``covidct.models.fixed``). The default is ``attenuation``: few trainable
+parameters hear little DP noise, and its features see small ground-glass patches.
 
 Every model takes (input_size, input_size, 1) slices with values in [0, 1] (the lung window
 divided by 255) and returns one logit per slice: train with
 ``keras.losses.BinaryCrossentropy(from_logits=True)``. CNNs use tf-keras built-in layers only,
-so ``keras.models.load_model(path)`` reads a saved one without covidct; a scattering model
-needs ``import covidct.features`` first (it registers the transform's layer).
+so ``keras.models.load_model(path)`` reads a saved one without covidct; a model on fixed
+features needs ``import covidct.features`` first (it registers the transforms' layers).
 
     model = build_model("gn_cnn_small", input_size=64, seed=0)
     validate_model(model)  # raises ModelValidationError on BatchNorm
@@ -22,11 +23,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from covidct.errors import ConfigError
+from covidct.features.attenuation import AttenuationSpec
 from covidct.features.scattering import ScatteringSpec
+from covidct.features.transform import FixedTransform
 from covidct.models.cnn import build_gn_cnn
+from covidct.models.fixed import assemble, build_feature_head
 from covidct.models.layers import Pooling
 from covidct.models.resnet import build_gn_resnet
-from covidct.models.scatter import assemble, build_scatter_head
 from covidct.models.validation import ModelValidationError, validate_model
 from covidct.tfsetup import keras
 
@@ -64,20 +67,26 @@ class ModelSpec:
 
     builder: Callable[..., keras.Model]
     description: str
-    features: ScatteringSpec | None = None
+    features: FixedTransform | None = None
 
 
-def _scattering_model(*, input_size: int, seed: int, spec: ScatteringSpec) -> keras.Model:
-    """The whole slice model with identity standardisation (training sets the constants)."""
+# the lung window of covidct prepare's defaults (data_prep.settings.SliceSettings)
+DEFAULT_WINDOW = (-600.0, 1500.0)
+
+
+def _feature_model(*, input_size: int, seed: int, spec: FixedTransform) -> keras.Model:
+    """The whole slice model with identity standardisation and the default lung window
+    (training sets the constants and assembles with the prepared folder's own window)."""
     import numpy as np
 
     del seed  # the head starts at zero
     ones = np.ones(spec.size, np.float32)
-    head = build_scatter_head(n_features=spec.size, mean=0 * ones, variance=ones)
-    return assemble(head, image_size=input_size, spec=spec)
+    head = build_feature_head(n_features=spec.size, mean=0 * ones, variance=ones)
+    return assemble(head, image_size=input_size, spec=spec, window=DEFAULT_WINDOW)
 
 
 SCATTERING = ScatteringSpec(j=2, angles=8, grid=2)
+ATTENUATION = AttenuationSpec()
 
 
 # Choices measured in benchmarks/learnability.py on the phantom cohort (mild disease included):
@@ -101,14 +110,20 @@ MODEL_REGISTRY: dict[str, ModelSpec] = {
         "ResNet-18 layout with GroupNorm, base width 32 (2.8 M params), global max pooling",
     ),
     "scattering": ModelSpec(
-        functools.partial(_scattering_model, spec=SCATTERING),
+        functools.partial(_feature_model, spec=SCATTERING),
         "fixed scattering transform (J=2, L=8; 405 features per slice: quadrant means and slice "
-        "max of 81 channels) + a linear head; 406 trainable params on cached features; default",
+        "max of 81 channels) + a linear head; 406 trainable params on cached features",
         features=SCATTERING,
+    ),
+    "attenuation": ModelSpec(
+        functools.partial(_feature_model, spec=ATTENUATION),
+        "fixed lung-attenuation features (30 per slice: 3 ground-glass bands, blobs of 3 sizes) "
+        "+ a linear head; 31 trainable params on cached features; needs lungs masked; default",
+        features=ATTENUATION,
     ),
 }
 
-DEFAULT_MODEL = "scattering"
+DEFAULT_MODEL = "attenuation"
 
 
 def available_models() -> list[str]:
@@ -143,7 +158,7 @@ def build_model(name: str, *, input_size: int, seed: int) -> keras.Model:
     return model
 
 
-def feature_spec(name: str) -> ScatteringSpec | None:
+def feature_spec(name: str) -> FixedTransform | None:
     """The fixed transform of model ``name`` (None for a model that learns from slices)."""
     spec = MODEL_REGISTRY.get(name)
     if spec is None:
@@ -158,6 +173,6 @@ def build_head(name: str, *, mean: Any, variance: Any) -> keras.Model:
     spec = feature_spec(name)
     if spec is None:
         raise ConfigError(f"model {name!r} learns from slices: it has no feature head")
-    model = build_scatter_head(n_features=spec.size, mean=mean, variance=variance)
+    model = build_feature_head(n_features=spec.size, mean=mean, variance=variance)
     validate_model(model)
     return model

@@ -52,8 +52,10 @@ def test_every_registered_model_outputs_one_logit_per_slice_without_batchnorm(
     if feature_spec(name) is None:  # a CNN normalises its own features per example
         assert "GroupNormalization" in classes
     else:  # a fixed transform, then a head standardised by constants
-        assert "ScatteringMaps" in classes and "Normalization" in classes
-        assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == 406
+        assert classes & {"ScatteringMaps", "AttenuationMaps"} and "Normalization" in classes
+        spec = feature_spec(name)
+        assert spec is not None
+        assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == spec.size + 1
     validate_model(model)
 
 
@@ -65,10 +67,11 @@ def test_same_seed_gives_the_same_weights_and_another_seed_different_ones() -> N
     assert not all(np.array_equal(x, y) for x, y in zip(a, c, strict=True))
 
 
-def test_the_scattering_head_starts_at_zero_whatever_the_seed() -> None:
+@pytest.mark.parametrize("name", ["scattering", "attenuation"])
+def test_a_feature_head_starts_at_zero_whatever_the_seed(name: str) -> None:
     # logistic regression needs no symmetry breaking: every start predicts 1/2
     for seed in (3, 4):
-        weights = build_model("scattering", input_size=SIZE, seed=seed).get_weights()
+        weights = build_model(name, input_size=SIZE, seed=seed).get_weights()
         assert all(not w.any() for w in weights)
 
 
@@ -146,16 +149,18 @@ def test_saved_model_loads_without_covidct_and_predicts_the_same(tmp_path: Path)
     validate_model(loaded)
 
 
-def test_a_saved_scattering_model_needs_exactly_one_import_to_load(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["scattering", "attenuation"])
+def test_a_saved_feature_model_needs_exactly_one_import_to_load(name: str, tmp_path: Path) -> None:
     """In a fresh process: plain load_model fails (tf-keras says only "'str' object is not
     callable": the README names the import); after
     ``import covidct.features`` it loads and predicts what the original predicts."""
     import subprocess
     import sys
 
-    model = build_model("scattering", input_size=32, seed=0)
+    model = build_model(name, input_size=32, seed=0)
     rng = np.random.default_rng(0)
-    model.get_layer("logit").set_weights([rng.normal(size=(405, 1)) * 0.05, np.array([0.1])])
+    n = model.get_layer("logit").get_weights()[0].shape[0]
+    model.get_layer("logit").set_weights([rng.normal(size=(n, 1)) * 0.05, np.array([0.1])])
     x = _slices(2, seed=3)[:, :32, :32, :]
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "want.npy", model.predict(x, verbose=0))

@@ -25,7 +25,7 @@ from data_prep.pipeline import PrepConfig, prepare
 from data_prep.synth import CohortFormat, SynthConfig, write_cohort
 from data_prep.worker import SliceSettings
 
-FAST = TrainConfig(epochs=6, seed=1)  # the default scattering model
+FAST = TrainConfig(epochs=6, seed=1)  # the default model (attenuation features)
 
 
 def _sha(path: Path) -> str:
@@ -74,12 +74,12 @@ def test_pretrain_writes_the_weights_and_a_provenance_that_names_the_public_data
     prov = json.loads(provenance_path(pretrained).read_text())
     assert provenance_path(pretrained).name == "public_scatter.json"
     assert prov["sha256"] == _sha(pretrained)
-    assert prov["model"] == "scattering" and prov["image_size"] == 32
+    assert prov["model"] == "attenuation" and prov["image_size"] == 32
     assert prov["public_data"]["manifest_sha256"] == _sha(public_prep / "manifest.csv")
     assert prov["public_data"]["patients"] == 30
     scans = sorted(_sha(p) for p in (public_prep / "slices").glob("*.npy"))
     assert prov["scan_sha256"] == scans
-    assert len(prov["standardise"]["mean"]) == len(prov["standardise"]["variance"]) == 405
+    assert len(prov["standardise"]["mean"]) == len(prov["standardise"]["variance"]) == 30
     assert "WITHOUT differential privacy" in prov["what"]
 
 
@@ -105,7 +105,7 @@ def test_a_private_run_starts_from_them_and_records_both_hashes(pretrained, prep
 
     model = keras.models.load_model(result.run_dir / "model.keras", compile=False)
     std = prov["standardise"]
-    head = build_head("scattering", mean=std["mean"], variance=std["variance"])
+    head = build_head("attenuation", mean=std["mean"], variance=std["variance"])
     head.load_weights(str(pretrained))
     for a, b in zip(
         model.get_layer("logit").get_weights(), head.get_layer("logit").get_weights(), strict=True

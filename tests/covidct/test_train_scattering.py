@@ -1,5 +1,6 @@
-"""The default model family end to end: fixed scattering features, a linear head trained with
-full-batch DP-GD on the cached features, and a saved model that takes slices."""
+"""The default model family end to end: fixed features (attenuation, the default, and
+scattering), a linear head trained with full-batch DP-GD on the cached features, and a saved
+model that takes slices."""
 
 from __future__ import annotations
 
@@ -16,43 +17,50 @@ from covidct.data.units import PrivacyUnit, load_units
 from covidct.ema import Ema
 from covidct.evaluate import PatientScore, aggregate
 from covidct.features.cache import FeatureStore, feature_stats
-from covidct.models import SCATTERING
+from covidct.models import DEFAULT_MODEL, feature_spec
 from covidct.privacy.mechanism import unit_losses
 from covidct.privacy.modes import UnitLoss
 from covidct.train import train
 from covidct.train_config import TrainConfig
 
-FAST = TrainConfig(epochs=6, seed=1)  # the defaults: scattering, q = 1, EMA
+FAST = TrainConfig(epochs=6, seed=1)  # the defaults: attenuation, q = 1, EMA
 
 
-@pytest.fixture(scope="module")
-def scatter_run(prep: Path, tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("scatter_runs")
+@pytest.fixture(scope="module", params=["attenuation", "scattering"])
+def scatter_run(request, prep: Path, tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("feature_runs")
     said: list[str] = []
+    config = replace(FAST, model=request.param)
     result = train(
-        prep, config=FAST, target_epsilon=3.0, runs_dir=root, run_id="s", on_event=said.append
+        prep, config=config, target_epsilon=3.0, runs_dir=root, run_id="s", on_event=said.append
     )
     return result, said
 
 
-def test_the_default_model_is_the_scattering_head_trained_on_cached_features(scatter_run, prep):
+def test_the_default_model_is_a_feature_head():
+    assert TrainConfig().model == DEFAULT_MODEL == "attenuation"
+    assert feature_spec(DEFAULT_MODEL) is not None
+
+
+def test_a_feature_model_is_a_head_trained_on_cached_features(scatter_run, prep):
     result, said = scatter_run
     meta = json.loads((result.run_dir / "run.json").read_text())
-    assert meta["model"] == "scattering"
-    assert meta["features"]["transform"] == "scattering2d"
-    assert (prep / "features" / f"scattering-{meta['features']['cache_key']}").is_dir()
+    spec = feature_spec(meta["model"])
+    assert meta["features"]["transform"] == spec.transform_id
+    assert (prep / "features" / f"{spec.name}-{meta['features']['cache_key']}").is_dir()
     assert result.privacy.sampling_rate == 1.0 and result.privacy.steps == 6
     assert any(m.startswith("features:") for m in said)
 
 
 def test_the_saved_model_takes_slices_and_loads_after_one_import(scatter_run, prep):
-    import covidct.features  # noqa: F401  (the one import: registers ScatteringMaps)
+    import covidct.features  # noqa: F401  (the one import: registers the transforms' layers)
     from covidct.tfsetup import keras
 
     result, _ = scatter_run
     model = keras.models.load_model(result.run_dir / "model.keras", compile=False)
+    meta = json.loads((result.run_dir / "run.json").read_text())
     assert model.input_shape == (None, 32, 32, 1)
-    assert model.count_params() == 406
+    assert model.count_params() == feature_spec(meta["model"]).size + 1
 
 
 def test_features_are_standardised_with_validation_statistics_never_training_ones(
@@ -63,7 +71,8 @@ def test_features_are_standardised_with_validation_statistics_never_training_one
     result, _ = scatter_run
     model = keras.models.load_model(result.run_dir / "model.keras", compile=False)
     norm = model.get_layer("standardise")
-    store = FeatureStore(prep, SCATTERING)
+    meta = json.loads((result.run_dir / "run.json").read_text())
+    store = FeatureStore(prep, feature_spec(meta["model"]))
 
     def stats(split: str):
         units = load_units(prep, split, PrivacyUnit.PATIENT)
@@ -82,7 +91,8 @@ def test_train_prints_the_noise_to_signal_figure_before_training(scatter_run):
     result, said = scatter_run
     line = next(m for m in said if m.startswith("noise-to-signal"))
     sigma, n = result.privacy.noise_multiplier, result.privacy.n_units
-    assert f"= {sigma * math.sqrt(406) / n:.2f}" in line
+    d = feature_spec(json.loads((result.run_dir / "run.json").read_text())["model"]).size + 1
+    assert f"= {sigma * math.sqrt(d) / n:.2f}" in line
     assert said.index(line) < next(i for i, m in enumerate(said) if m.startswith("epoch 1/"))
 
 
@@ -161,13 +171,14 @@ def test_ema_averages_the_weights_and_swaps_back_the_live_ones():
     assert off.swap_in(m) is None and m.w[0][0] == 4.0
 
 
-def test_grad_cam_of_a_scattering_model_looks_at_the_scattering_maps(scatter_run, prep):
+def test_grad_cam_of_a_feature_model_looks_at_the_transforms_maps(scatter_run, prep):
     from covidct.data.units import SliceStore
     from covidct.inference import _last_feature_layer, grad_cam, load_bundle
 
     result, _ = scatter_run
     bundle = load_bundle(result.run_dir)
-    assert _last_feature_layer(bundle.model).name == "scattering"
+    model = json.loads((result.run_dir / "run.json").read_text())["model"]
+    assert _last_feature_layer(bundle.model).name == model
     units = load_units(prep, "test", PrivacyUnit.PATIENT)
     f, i = units.slices[0][0]
     cam = grad_cam(bundle, SliceStore(prep).get(f, i))

@@ -12,10 +12,15 @@ import pytest
 
 from covidct.data.units import DataError, PrivacyUnit, SliceStore, load_units
 from covidct.features.cache import FeatureStore, cache_folder, ensure_features, feature_stats
-from covidct.features.scattering import ScatteringMaps, ScatteringSpec, scattering_features
-from covidct.models import SCATTERING, assemble, build_head
+from covidct.features.scattering import ScatteringMaps, ScatteringSpec
+from covidct.features.transform import cache_key, compute_features, from_record
+from covidct.models import DEFAULT_WINDOW, SCATTERING, assemble, build_head
 
 SPEC = ScatteringSpec(j=2, angles=8, grid=2)
+
+
+def scattering_features(u8: np.ndarray, *, spec: ScatteringSpec) -> np.ndarray:
+    return compute_features(u8, spec, DEFAULT_WINDOW)
 
 
 def _numpy_reference(x: np.ndarray, spec: ScatteringSpec) -> np.ndarray:
@@ -129,10 +134,12 @@ def test_a_shard_that_no_longer_matches_its_scan_is_computed_again(cached_prep: 
 
 def test_the_cache_key_follows_the_transform_and_the_slice_settings(cached_prep: Path) -> None:
     settings = json.loads((cached_prep / "dataset.json").read_text())["slices"]
-    key = SPEC.key(settings)
-    assert key == SPEC.key(dict(settings))
-    assert key != ScatteringSpec(j=2, angles=6, grid=2).key(settings)
-    assert key != SPEC.key({**settings, "mask_outside_lungs": not settings["mask_outside_lungs"]})
+    key = cache_key(SPEC, settings)
+    assert key == cache_key(SPEC, dict(settings))
+    assert key != cache_key(ScatteringSpec(j=2, angles=6, grid=2), settings)
+    flipped = {**settings, "mask_outside_lungs": not settings["mask_outside_lungs"]}
+    assert key != cache_key(SPEC, flipped)
+    assert from_record(SPEC.record(settings)) == SPEC
 
 
 def test_the_cache_holds_no_identifier(cached_prep: Path, prep: Path) -> None:
@@ -180,7 +187,7 @@ def test_the_saved_model_on_slices_equals_the_head_on_cached_features(
     head.get_layer("logit").set_weights([rng.normal(size=(405, 1)) * 0.1, np.array([0.2])])
     on_features = head(store.inputs(refs)).numpy()
 
-    full = assemble(head, image_size=32, spec=SCATTERING)
+    full = assemble(head, image_size=32, spec=SCATTERING, window=DEFAULT_WINDOW)
     full.save(tmp_path / "m.keras")
     loaded = keras.models.load_model(
         tmp_path / "m.keras", compile=False
