@@ -111,7 +111,7 @@ def load_bundle(run_dir: Path) -> ModelBundle:
             "run.json and the prepared data is gone): retrain with this version"
         )
     try:
-        settings = SliceSettings(**raw)
+        settings = SliceSettings.from_recorded(raw)
         model = run.load_model()
     except (OSError, ValueError, TypeError) as err:
         raise ModelLoadError(f"cannot load the model of {run_dir}: {err}") from err

@@ -122,6 +122,7 @@ def assemble(
     reused: int,
     processed: int,
 ) -> PrepareResult:
+    """Labels, splits, the manifest and the reports from every finished job of ``out_dir``."""
     state_dir = out_dir / ".state"
     records = _load_json_dir(state_dir / "jobs")
     private_jobs = _load_json_dir(out_dir / "private" / "jobs")
@@ -133,23 +134,88 @@ def assemble(
     label_problems = _apply_labels(tables, ps, private_jobs, records, label_state)
     atomic_write_json(label_state_path, label_state)
 
-    # discovery skips accumulate across runs (by reference); paths stay private
+    inputs_map: dict[str, str] = _read_inputs_map(out_dir)
+    skipped = _discovery_skips(state_dir, ps, found, inputs_map)
+    flagged: list[Problem] = []
+    volumes = _labelled_volumes(
+        records, private_jobs, label_state, ps, inputs_map, skipped, flagged
+    )
+    volumes, splits, patient_labels = _split(volumes, config, label_problems)
+    rows = _manifest_rows(volumes, splits)
+    _remove_orphan_slices(
+        out_dir, {v["volume_id"] for v in records.values() if v.get("status") == "ok"}
+    )
+    n_rows = write_manifest(out_dir / "manifest.csv", rows)
+
+    split_patients = {s: 0 for s in ("train", "validation", "test")}
+    split_slices = dict(split_patients)
+    split_labels: dict[str, dict[str, int]] = {s: {"0": 0, "1": 0} for s in split_patients}
+    for p, split in splits.items():
+        split_patients[split.value] += 1
+        split_labels[split.value][str(next(iter(patient_labels[p])))] += 1
+    for r in rows:
+        split_slices[r.split] += 1
+    counts = {
+        "files_seen_this_run": found.files_seen,
+        "volumes": len(volumes),
+        "patients": len(splits),
+        "slices": n_rows,
+        "patients_per_split": split_patients,
+        "patients_per_split_and_label": split_labels,
+        "slices_per_split": split_slices,
+        "kinds": {k: sum(1 for v in volumes if v["kind"] == k) for k in ("hu", "gray8")},
+        "jobs_reused": reused,
+        "jobs_processed": processed,
+        "skipped": len(skipped),
+        "flagged": len(flagged),
+    }
+    _write_reports(out_dir, config, counts, skipped, flagged, label_problems)
+    _write_private_maps(out_dir, inputs_map, private_jobs, records)
+    for problem in label_problems:
+        skipped.append(Problem("labels", "labels", "label", problem))
+    return PrepareResult(
+        out_dir=out_dir,
+        n_volumes=len(volumes),
+        n_slices=n_rows,
+        n_patients=len(splits),
+        split_patients=split_patients,
+        skipped=skipped,
+        flagged=flagged,
+        reused=reused,
+        processed=processed,
+    )
+
+
+def _discovery_skips(
+    state_dir: Path, ps: Pseudonymizer, found: Discovery, inputs_map: dict[str, str]
+) -> list[Problem]:
+    """Discovery's skips, accumulated across runs by reference (paths stay private)."""
     skips_path = state_dir / "skips.json"
     skip_state: dict[str, dict[str, str]] = (
         json.loads(skips_path.read_text()) if skips_path.exists() else {}
     )
-    inputs_map: dict[str, str] = _read_inputs_map(out_dir)
     for s in found.skips:
         ref = ps.input_ref(s.path)
         skip_state[ref] = {"what": s.what, "reason": s.reason}
         inputs_map[ref] = s.path
     atomic_write_json(skips_path, skip_state)
-
-    skipped: list[Problem] = [
+    return [
         Problem(ref, inputs_map.get(ref, "?"), v["what"], v["reason"])
         for ref, v in skip_state.items()
     ]
-    flagged: list[Problem] = []
+
+
+def _labelled_volumes(
+    records: dict[str, Any],
+    private_jobs: dict[str, Any],
+    label_state: dict[str, dict[str, int]],
+    ps: Pseudonymizer,
+    inputs_map: dict[str, str],
+    skipped: list[Problem],
+    flagged: list[Problem],
+) -> list[dict[str, Any]]:
+    """The finished scans that have a label (job, study, patient or class folder, in that
+    order); the rest go to ``skipped`` with their reason, flagged scans also to ``flagged``."""
     volumes: list[dict[str, Any]] = []
     for key, rec in sorted(records.items()):
         sources = private_jobs.get(key, {}).get("sources", [])
@@ -183,7 +249,13 @@ def assemble(
         if rec.get("flags"):
             flagged.append(Problem(rec["input_ref"], where, "scan", "; ".join(rec["flags"])))
         volumes.append({**rec, "label": int(label)})
+    return volumes
 
+
+def _split(
+    volumes: list[dict[str, Any]], config: PrepConfig, label_problems: list[str]
+) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, set[int]]]:
+    """Patients with conflicting labels are excluded; the rest are split by patient."""
     patient_labels: dict[str, set[int]] = defaultdict(set)
     for v in volumes:
         patient_labels[v["patient_id"]].add(v["label"])
@@ -196,7 +268,10 @@ def assemble(
         fractions=config.split,
         seed=config.seed,
     )
+    return volumes, splits, patient_labels
 
+
+def _manifest_rows(volumes: list[dict[str, Any]], splits: dict[str, Any]) -> list[SliceRow]:
     rows: list[SliceRow] = []
     for v in sorted(
         volumes, key=lambda v: (splits[v["patient_id"]].value, v["patient_id"], v["volume_id"])
@@ -217,35 +292,22 @@ def assemble(
                     unit_basis=v.get("unit_basis", UnitBasis.UNKNOWN.value),
                 )
             )
-    _remove_orphan_slices(
-        out_dir, {v["volume_id"] for v in records.values() if v.get("status") == "ok"}
-    )
-    n_rows = write_manifest(out_dir / "manifest.csv", rows)
+    return rows
 
-    split_patients = {s: 0 for s in ("train", "validation", "test")}
-    split_slices = dict(split_patients)
-    split_labels: dict[str, dict[str, int]] = {s: {"0": 0, "1": 0} for s in split_patients}
-    for p, split in splits.items():
-        split_patients[split.value] += 1
-        split_labels[split.value][str(next(iter(patient_labels[p])))] += 1
-    for r in rows:
-        split_slices[r.split] += 1
+
+def _write_reports(
+    out_dir: Path,
+    config: PrepConfig,
+    counts: dict[str, Any],
+    skipped: list[Problem],
+    flagged: list[Problem],
+    label_problems: list[str],
+) -> None:
+    """``prep_report.json`` (counts and every skipped or flagged input, by reference) and
+    ``dataset.json`` (the slice settings and the split)."""
     report = {
         "format_version": FORMAT_VERSION,
-        "counts": {
-            "files_seen_this_run": found.files_seen,
-            "volumes": len(volumes),
-            "patients": len(splits),
-            "slices": n_rows,
-            "patients_per_split": split_patients,
-            "patients_per_split_and_label": split_labels,
-            "slices_per_split": split_slices,
-            "kinds": {k: sum(1 for v in volumes if v["kind"] == k) for k in ("hu", "gray8")},
-            "jobs_reused": reused,
-            "jobs_processed": processed,
-            "skipped": len(skipped),
-            "flagged": len(flagged),
-        },
+        "counts": counts,
         "skipped": [{"input": p.ref, "what": p.what, "reason": p.reason} for p in skipped],
         "flagged": [{"input": p.ref, "what": p.what, "reason": p.reason} for p in flagged],
         "label_problems": label_problems,
@@ -260,24 +322,10 @@ def assemble(
             "storage": "slices/<volume_id>.npy: uint8 (n, size, size); value/255 = window position",
             "split_fractions": list(config.split),
             "split_seed": config.seed,
-            "patients": len(splits),
-            "volumes": len(volumes),
-            "slices_total": n_rows,
+            "patients": counts["patients"],
+            "volumes": counts["volumes"],
+            "slices_total": counts["slices"],
         },
-    )
-    _write_private_maps(out_dir, inputs_map, private_jobs, records)
-    for problem in label_problems:
-        skipped.append(Problem("labels", "labels", "label", problem))
-    return PrepareResult(
-        out_dir=out_dir,
-        n_volumes=len(volumes),
-        n_slices=n_rows,
-        n_patients=len(splits),
-        split_patients=split_patients,
-        skipped=skipped,
-        flagged=flagged,
-        reused=reused,
-        processed=processed,
     )
 
 

@@ -122,8 +122,13 @@ def _check_settings(out_dir: Path, settings: SliceSettings) -> None:
         old = json.loads(meta.read_text())["slices"]
     except (OSError, ValueError, KeyError) as exc:
         raise PrepFolderError(f"{meta} is unreadable ({exc}); use a new --out folder") from exc
-    # settings added later default to what older folders were made with
-    old = {**SliceSettings().as_dict(), **old} if isinstance(old, dict) else old
+    if isinstance(old, dict):
+        try:  # settings added later take what older folders were made with
+            old = SliceSettings.from_recorded(old).as_dict()
+        except (TypeError, ValueError) as exc:
+            raise PrepFolderError(
+                f"{meta} has unknown slice settings ({exc}); use a new --out folder"
+            ) from exc
     if old != settings.as_dict():
         raise PrepFolderError(
             f"{out_dir} was prepared with slice settings {old}, not {settings.as_dict()}: "

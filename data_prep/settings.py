@@ -41,6 +41,16 @@ class SliceSettings:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_recorded(cls, recorded: dict[str, Any]) -> SliceSettings:
+        """The settings a ``dataset.json`` or ``run.json`` records. Settings added later take
+        the value older folders were made with (``RECORDED_BEFORE``), not today's default."""
+        return cls(**{**asdict(cls()), **RECORDED_BEFORE, **recorded})
+
+
+# what folders prepared before a setting existed were made with (its default then)
+RECORDED_BEFORE: dict[str, Any] = {"crop": "none", "mask_outside_lungs": False}
+
 
 @dataclass(frozen=True)
 class PrepConfig:

@@ -552,20 +552,7 @@ def read_series(headers: Sequence[DicomHeader], *, max_bad_fraction: float = 0.1
     """
     headers, flags = consistent_slices(headers)
     first = headers[0]
-
-    decoded: list[tuple[DicomHeader, np.ndarray]] = []
-    bad: list[str] = []
-    for h in headers:
-        try:
-            decoded.append((h, decode_slice(h)))
-        except PixelDecodeError as exc:
-            bad.append(str(exc))
-    # one bad slice is tolerated even in a short series: it becomes a flagged gap
-    if not decoded or len(bad) > max(1, int(max_bad_fraction * len(headers))):
-        reason = bad[0] if bad else "no slices"
-        raise PixelDecodeError(f"{len(bad)} of {len(headers)} slices unreadable: {reason}")
-    if bad:
-        flags.append(f"{len(bad)} of {len(headers)} slices could not be decoded and were dropped")
+    decoded = _decode_all(headers, max_bad_fraction, flags)
 
     row_cos, col_cos = _orientation(first)
     normal = np.cross(row_cos, col_cos)
@@ -584,43 +571,9 @@ def read_series(headers: Sequence[DicomHeader], *, max_bad_fraction: float = 0.1
         else:
             return _volume_without_positions(decoded, first, row_cos, col_cos, spacing_rc, flags)
 
-    along = np.array([float(np.dot(d[0].position, normal)) for d in decoded])  # type: ignore[arg-type]
-    order = np.argsort(along, kind="stable")
-    decoded = [decoded[i] for i in order]
-    along = along[order]
-
-    if len(decoded) > 1:
-        steps = np.diff(along)
-        dup = steps < 1e-3
-        if dup.any():
-            flags.append(f"{int(dup.sum())} slices at duplicate positions were dropped")
-            keep = np.concatenate([[True], ~dup])
-            decoded = [d for d, k in zip(decoded, keep, strict=True) if k]
-            along = along[keep]
-            steps = np.diff(along)
+    decoded, along = _order_along(decoded, normal, flags)
     positions_xyz = np.array([d[0].position for d in decoded], dtype=float)
-
-    if len(decoded) > 1:
-        step = float(np.median(steps))
-        gaps = steps > 1.5 * step
-        if gaps.any():
-            flags.append(
-                f"{int(gaps.sum())} gap(s) between slices (largest {float(steps.max()):.1f} mm, "
-                f"usual spacing {step:.1f} mm): slices kept, spacing is not uniform"
-            )
-        stack = (positions_xyz[-1] - positions_xyz[0]) / (len(decoded) - 1)
-        stack_dir = stack / max(float(np.linalg.norm(stack)), 1e-12)
-        tilt = math.degrees(math.acos(min(1.0, abs(float(np.dot(stack_dir, normal))))))
-        if tilt > TILT_TOLERANCE_DEG:
-            flags.append(
-                f"gantry tilt of {tilt:.1f} degrees: slices are sheared; kept as acquired, "
-                "not resampled"
-            )
-        k_col = stack_dir * step
-    else:
-        thickness = first.spacing_between_slices or first.slice_thickness or 1.0
-        k_col = normal * thickness
-
+    k_col = _slice_step(first, positions_xyz, along, normal, flags)
     if (
         not any("gantry tilt" in f for f in flags)
         and first.gantry_tilt is not None
@@ -641,6 +594,76 @@ def read_series(headers: Sequence[DicomHeader], *, max_bad_fraction: float = 0.1
     # canonical z runs toward Superior: report slice positions in that order
     along_canon = along if affine[2, 0] >= 0 else along[::-1]
     return _make_volume(canon, canon_affine, first, flags, along_canon)
+
+
+def _decode_all(
+    headers: Sequence[DicomHeader], max_bad_fraction: float, flags: list[str]
+) -> list[tuple[DicomHeader, np.ndarray]]:
+    """Every slice's pixels; a few undecodable slices are dropped and flagged, more refuse the
+    series (``PixelDecodeError``)."""
+    decoded: list[tuple[DicomHeader, np.ndarray]] = []
+    bad: list[str] = []
+    for h in headers:
+        try:
+            decoded.append((h, decode_slice(h)))
+        except PixelDecodeError as exc:
+            bad.append(str(exc))
+    # one bad slice is tolerated even in a short series: it becomes a flagged gap
+    if not decoded or len(bad) > max(1, int(max_bad_fraction * len(headers))):
+        reason = bad[0] if bad else "no slices"
+        raise PixelDecodeError(f"{len(bad)} of {len(headers)} slices unreadable: {reason}")
+    if bad:
+        flags.append(f"{len(bad)} of {len(headers)} slices could not be decoded and were dropped")
+    return decoded
+
+
+def _order_along(
+    decoded: list[tuple[DicomHeader, np.ndarray]], normal: np.ndarray, flags: list[str]
+) -> tuple[list[tuple[DicomHeader, np.ndarray]], np.ndarray]:
+    """Slices sorted by position along the normal, duplicates dropped (flagged); and those
+    positions."""
+    along = np.array([float(np.dot(d[0].position, normal)) for d in decoded])  # type: ignore[arg-type]
+    order = np.argsort(along, kind="stable")
+    decoded = [decoded[i] for i in order]
+    along = along[order]
+    if len(decoded) > 1:
+        dup = np.diff(along) < 1e-3
+        if dup.any():
+            flags.append(f"{int(dup.sum())} slices at duplicate positions were dropped")
+            keep = np.concatenate([[True], ~dup])
+            decoded = [d for d, k in zip(decoded, keep, strict=True) if k]
+            along = along[keep]
+    return decoded, along
+
+
+def _slice_step(
+    first: DicomHeader,
+    positions_xyz: np.ndarray,
+    along: np.ndarray,
+    normal: np.ndarray,
+    flags: list[str],
+) -> np.ndarray:
+    """The vector from one slice to the next (mm); gaps and a gantry tilt are flagged."""
+    if len(positions_xyz) < 2:
+        thickness = first.spacing_between_slices or first.slice_thickness or 1.0
+        return normal * thickness  # type: ignore[no-any-return]
+    steps = np.diff(along)
+    step = float(np.median(steps))
+    gaps = steps > 1.5 * step
+    if gaps.any():
+        flags.append(
+            f"{int(gaps.sum())} gap(s) between slices (largest {float(steps.max()):.1f} mm, "
+            f"usual spacing {step:.1f} mm): slices kept, spacing is not uniform"
+        )
+    stack = (positions_xyz[-1] - positions_xyz[0]) / (len(positions_xyz) - 1)
+    stack_dir = stack / max(float(np.linalg.norm(stack)), 1e-12)
+    tilt = math.degrees(math.acos(min(1.0, abs(float(np.dot(stack_dir, normal))))))
+    if tilt > TILT_TOLERANCE_DEG:
+        flags.append(
+            f"gantry tilt of {tilt:.1f} degrees: slices are sheared; kept as acquired, "
+            "not resampled"
+        )
+    return stack_dir * step  # type: ignore[no-any-return]
 
 
 def _orientation(h: DicomHeader) -> tuple[np.ndarray, np.ndarray]:

@@ -201,8 +201,8 @@ def test_choose_device_selects_one_ipu_per_pipeline_stage(fake_ipu, monkeypatch)
 
 
 def test_train_asks_for_as_many_ipus_as_stages_only_with_per_layer_clipping():
-    from covidct.training.checks import pipeline_ipus as _pipeline_ipus
     from covidct.train_config import TrainConfig
+    from covidct.training.checks import pipeline_ipus as _pipeline_ipus
 
     per_layer = TrainConfig(clipping=ClippingMode.PER_LAYER, pipeline_stages=3)
     assert _pipeline_ipus(per_layer) == 3

@@ -80,7 +80,9 @@ def test_every_lung_and_lesion_voxel_lies_inside_the_crop(phantoms):
 
 
 def test_cropped_slices_show_the_lungs_larger(phantoms):
-    full, cropped = SliceSettings(image_size=64), SliceSettings(image_size=64, crop="lungs")
+    # unmasked, so the lungs' share of the whole image is what the crop changes
+    full = SliceSettings(image_size=64, mask_outside_lungs=False)
+    cropped = SliceSettings(image_size=64, crop="lungs", mask_outside_lungs=False)
     for ph in phantoms:
         vol = _volume(ph)
         a, b = hu_volume_slices(vol, full), hu_volume_slices(vol, cropped)
@@ -170,7 +172,8 @@ def test_prepare_and_uploads_give_identical_cropped_slices(cohort, tmp_path):
 
 
 def test_masking_keeps_lungs_and_lesions_and_blanks_the_body(phantoms):
-    plain = SliceSettings(image_size=96)  # the phantoms' own matrix: pixels line up with truth
+    # the phantoms' own matrix: pixels line up with truth
+    plain = SliceSettings(image_size=96, mask_outside_lungs=False)
     masked = SliceSettings(image_size=96, mask_outside_lungs=True)
     air = int(to_uint8(window(np.float32(AIR_HU), level=-600, width=1500)))
     same = {"lesion": [0, 0], "mild": [0, 0], "lung": [0, 0]}

@@ -143,11 +143,13 @@ def test_a_folder_from_before_the_lung_views_is_still_reused(cohort, prepared, t
     for key in ("crop", "mask_outside_lungs"):  # what older versions wrote
         del meta["slices"][key]
     (copy / "dataset.json").write_text(json.dumps(meta))
-    result = prepare([cohort], copy, config=CONFIG, labels=[cohort / "labels.csv"])
+    # such a folder was made unmasked and uncropped, whatever today's defaults are
+    unmasked = PrepConfig(slices=SliceSettings(image_size=32, mask_outside_lungs=False), workers=1)
+    result = prepare([cohort], copy, config=unmasked, labels=[cohort / "labels.csv"])
     assert result.n_volumes > 0
-    masked = PrepConfig(slices=SliceSettings(image_size=32, mask_outside_lungs=True), workers=1)
+    assert CONFIG.slices.mask_outside_lungs  # today's default
     with pytest.raises(PrepFolderError, match="new --out folder"):
-        prepare([cohort], copy, config=masked)
+        prepare([cohort], copy, config=CONFIG)
 
 
 def test_localizer_series_are_skipped_with_a_reason(prepared):
@@ -173,3 +175,15 @@ def test_the_manifest_says_how_each_patient_was_identified(cohort, prepared, tmp
     out = tmp_path / "prep_anon"
     prepare([tmp_path / "anon"], out, config=CONFIG)
     assert {r.unit_basis for r in read_manifest(out / "manifest.csv")} == {"dicom_study"}
+
+
+def test_recorded_settings_from_before_a_setting_existed_take_its_old_value():
+    """A run or folder recorded before crop and masking existed was made uncropped and
+    unmasked; dashboard uploads to its model must be prepared that way, not by today's
+    defaults."""
+    recorded = SliceSettings(image_size=64).as_dict()
+    del recorded["crop"], recorded["mask_outside_lungs"]
+    old = SliceSettings.from_recorded(recorded)
+    assert old.image_size == 64 and old.crop == "none" and not old.mask_outside_lungs
+    assert SliceSettings().mask_outside_lungs  # today's default differs
+    assert SliceSettings.from_recorded(SliceSettings().as_dict()) == SliceSettings()
