@@ -61,7 +61,7 @@ def _make_runs(work: Path) -> Path:
     from covidct.train import train
     from covidct.train_config import TrainConfig
     from data_prep.pipeline import PrepConfig, prepare
-    from data_prep.synth import CohortFormat, SynthConfig, write_cohort
+    from data_prep.synthetic.cohort import CohortFormat, SynthConfig, write_cohort
     from data_prep.worker import SliceSettings
 
     write_cohort(
@@ -86,8 +86,8 @@ def _make_runs(work: Path) -> Path:
 
 
 def _scan(work: Path) -> tuple[str, bytes]:
-    from data_prep.phantom import make_phantom
-    from data_prep.synth import write_nifti
+    from data_prep.synthetic.cohort import write_nifti
+    from data_prep.synthetic.phantom import make_phantom
 
     phantom = make_phantom(
         np.random.default_rng(0), n_slices=64, matrix=128, positive=True, burden="mild"

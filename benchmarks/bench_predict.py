@@ -27,8 +27,8 @@ from app.services import heat_overlay, predict_upload
 from covidct.evaluate import PatientScore
 from covidct.inference import ModelBundle
 from covidct.models import build_model
-from data_prep.phantom import make_phantom
-from data_prep.synth import make_identities, write_dicom_series, write_nifti
+from data_prep.synthetic.cohort import make_identities, write_dicom_series, write_nifti
+from data_prep.synthetic.phantom import make_phantom
 from data_prep.worker import SliceSettings
 
 

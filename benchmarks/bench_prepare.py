@@ -21,7 +21,7 @@ from pathlib import Path
 import pydicom
 
 from data_prep.pipeline import PrepConfig, prepare
-from data_prep.synth import CohortFormat, SynthConfig, write_cohort
+from data_prep.synthetic.cohort import CohortFormat, SynthConfig, write_cohort
 from data_prep.worker import SliceSettings
 
 

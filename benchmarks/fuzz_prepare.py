@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.data_prep.mutate
 
 from data_prep.pipeline import PrepConfig, prepare  # noqa: E402
-from data_prep.synth import CohortFormat, SynthConfig, write_cohort  # noqa: E402
+from data_prep.synthetic.cohort import CohortFormat, SynthConfig, write_cohort  # noqa: E402
 from data_prep.worker import SliceSettings  # noqa: E402
 from tests.data_prep.mutate import labels_csv, make_cases  # noqa: E402
 

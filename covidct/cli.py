@@ -199,7 +199,7 @@ def _epsilon(text: str) -> float:
 
 
 def _cmd_synth(args: argparse.Namespace, cfg: Config) -> int:
-    from data_prep.synth import CohortFormat, PhantomStyle, write_cohort
+    from data_prep.synthetic.cohort import CohortFormat, PhantomStyle, write_cohort
 
     c = cfg.synth
     c = replace(

@@ -19,7 +19,7 @@ import yaml
 from covidct.train_config import TrainConfig
 from data_prep.errors import ConfigError
 from data_prep.settings import PrepConfig
-from data_prep.synth import SynthConfig
+from data_prep.synthetic.cohort import SynthConfig
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from covidct.model_card import auc_interval, wilson_interval
 from covidct.train import train
 from covidct.train_config import TrainConfig
 from data_prep.pipeline import PrepConfig, prepare
-from data_prep.synth import CohortFormat, SynthConfig, write_cohort
+from data_prep.synthetic.cohort import CohortFormat, SynthConfig, write_cohort
 from data_prep.worker import SliceSettings
 from tests.identity import identity_leaks
 

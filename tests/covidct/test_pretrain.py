@@ -22,7 +22,7 @@ from covidct.privacy.ledger import read_ledger
 from covidct.train import train
 from covidct.train_config import TrainConfig
 from data_prep.pipeline import PrepConfig, prepare
-from data_prep.synth import CohortFormat, SynthConfig, write_cohort
+from data_prep.synthetic.cohort import CohortFormat, SynthConfig, write_cohort
 from data_prep.worker import SliceSettings
 
 FAST = TrainConfig(epochs=6, seed=1)  # the default model (attenuation features)

@@ -9,9 +9,9 @@ import pydicom
 import pytest
 
 from data_prep.manifest import read_manifest
-from data_prep.phantom import make_phantom
 from data_prep.pipeline import PrepConfig, prepare
-from data_prep.synth import make_identities, patient_rng, write_dicom_series, write_nifti
+from data_prep.synthetic.cohort import make_identities, patient_rng, write_dicom_series, write_nifti
+from data_prep.synthetic.phantom import make_phantom
 from data_prep.worker import SliceSettings
 
 CONFIG = PrepConfig(slices=SliceSettings(image_size=32), workers=1)

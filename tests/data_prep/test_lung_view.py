@@ -12,7 +12,6 @@ import pytest
 from PIL import Image
 
 from data_prep.intensity import to_uint8, window
-from data_prep.phantom import make_phantom
 from data_prep.slicing import (
     AIR_HU,
     CROP_MARGIN,
@@ -22,6 +21,7 @@ from data_prep.slicing import (
     lung_area_fraction,
     lung_box,
 )
+from data_prep.synthetic.phantom import make_phantom
 from data_prep.uploads import read_upload
 from data_prep.volume import IntensityKind, Volume, affine_from_spacing
 from data_prep.worker import SliceSettings, hu_volume_slices, image_slice

@@ -11,10 +11,10 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_rescale
 
-from data_prep.phantom import make_phantom
 from data_prep.readers.dicom import decode_slice, probe_file, read_series
 from data_prep.readers.nifti import read_nifti
-from data_prep.synth import make_identities, patient_rng, write_dicom_series, write_nifti
+from data_prep.synthetic.cohort import make_identities, patient_rng, write_dicom_series, write_nifti
+from data_prep.synthetic.phantom import make_phantom
 
 
 @pytest.fixture(scope="module")

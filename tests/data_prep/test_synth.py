@@ -15,8 +15,7 @@ from pydicom.pixels import apply_rescale
 from scipy import ndimage
 
 from data_prep.errors import ConfigError, CovidCTError
-from data_prep.phantom import Phantom, make_phantom
-from data_prep.synth import (
+from data_prep.synthetic.cohort import (
     CohortFormat,
     Identity,
     SynthConfig,
@@ -26,6 +25,7 @@ from data_prep.synth import (
     write_dicom_series,
     write_nifti,
 )
+from data_prep.synthetic.phantom import Phantom, make_phantom
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 

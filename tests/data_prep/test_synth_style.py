@@ -16,9 +16,9 @@ from scipy import ndimage
 
 from covidct.cli import main
 from data_prep.errors import ConfigError
-from data_prep.phantom import Phantom, PhantomStyle, make_phantom
 from data_prep.readers.dicom import probe_file, read_series
-from data_prep.synth import MARKER, SynthConfig, patient_rng, write_cohort
+from data_prep.synthetic.cohort import MARKER, SynthConfig, patient_rng, write_cohort
+from data_prep.synthetic.phantom import Phantom, PhantomStyle, make_phantom
 
 A, B = PhantomStyle.A, PhantomStyle.B
 

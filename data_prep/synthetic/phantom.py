@@ -589,63 +589,79 @@ def _sample_lung_points(
 def _draw_findings(
     anat: _Anatomy, rng: np.random.Generator, *, positive: bool, burden: str, s: StyleParams
 ) -> tuple[tuple[Lesion, ...], tuple[Nodule, ...], tuple[Plate, ...]]:
+    """COVID-19 patches (positives only), then the confounders both classes share; in this
+    order, so a cohort's stream of random numbers stays what it was."""
+    lesions = _draw_lesions(anat, rng, severe=burden == "severe", s=s) if positive else []
+    nodules, plates = _draw_confounders(anat, rng, s)
+    return tuple(lesions), tuple(nodules), tuple(plates)
+
+
+def _draw_lesions(
+    anat: _Anatomy, rng: np.random.Generator, *, severe: bool, s: StyleParams
+) -> list[Lesion]:
+    """Bilateral peripheral ground-glass patches, some lobulated, with cores or paving."""
     u = rng.uniform
     lesions: list[Lesion] = []
-    if positive:
-        severe = burden == "severe"
-        for sign in (-1, 1):  # bilateral: both lungs
-            count = int(rng.integers(*(s.count_severe if severe else s.count_mild)))
-            pts = _sample_lung_points(anat, rng, 64, peripheral=s.peripheral_mm)
-            uu, _ = anat.patient_uv(pts[:, 0], pts[:, 1])
-            pts = pts[uu * sign > 0][:count]
-            for x, y, z in pts:
-                d = u(*s.diameter_severe) if severe else u(*s.diameter_mild)
-                r = d / 2
-                core, core_radius = None, None
-                p_core = s.core_prob[int(severe)]
-                if p_core > 0 and rng.random() < p_core:
-                    core = float(u(*s.core_hu))
-                    if s.core_radius != (0.0, 0.0):
-                        core_radius = _maybe(rng, s.core_radius)
-                radii = (r, r * u(0.7, 1.0), r * u(0.7, 1.0))
-                angle = float(u(0, math.pi))
-                target = float(u(*s.ggo_hu_severe) if severe else u(*s.ggo_hu_mild))
-                p_paving = s.paving_prob[int(severe)]
-                main = Lesion(
-                    center=(float(x), float(y), float(z)),
-                    radii=radii,
-                    angle=angle,
-                    target_hu=target,
-                    core_hu=core,
-                    paving=bool(p_paving > 0 and rng.random() < p_paving),
-                    paving_freq=s.paving_freq,
-                    paving_hu=s.paving_hu,
-                    edge_width=s.edge_width,
-                    edge_mod=s.edge_mod,
-                    core_radius=core_radius,
-                )
-                lesions.append(main)
-                lo, hi = s.lobes
-                n_lobes = lo if lo == hi else int(rng.integers(lo, hi + 1))
-                # Lobulated patch: smaller lobes budding off the first one, same density.
-                for _ in range(n_lobes - 1):
-                    phi, off, rl = u(0, 2 * math.pi), r * u(0.5, 0.9), r * u(0.45, 0.8)
-                    lesions.append(
-                        dataclasses.replace(
-                            main,
-                            center=(
-                                float(x + off * math.cos(phi)),
-                                float(y + off * math.sin(phi)),
-                                float(z + r * u(-0.4, 0.4)),
-                            ),
-                            radii=(rl, rl * u(0.6, 1.0), rl * u(0.6, 1.0)),
-                            angle=float(u(0, math.pi)),
-                            core_hu=None,
-                            core_radius=None,
-                        )
+    for sign in (-1, 1):  # bilateral: both lungs
+        count = int(rng.integers(*(s.count_severe if severe else s.count_mild)))
+        pts = _sample_lung_points(anat, rng, 64, peripheral=s.peripheral_mm)
+        uu, _ = anat.patient_uv(pts[:, 0], pts[:, 1])
+        pts = pts[uu * sign > 0][:count]
+        for x, y, z in pts:
+            d = u(*s.diameter_severe) if severe else u(*s.diameter_mild)
+            r = d / 2
+            core, core_radius = None, None
+            p_core = s.core_prob[int(severe)]
+            if p_core > 0 and rng.random() < p_core:
+                core = float(u(*s.core_hu))
+                if s.core_radius != (0.0, 0.0):
+                    core_radius = _maybe(rng, s.core_radius)
+            radii = (r, r * u(0.7, 1.0), r * u(0.7, 1.0))
+            angle = float(u(0, math.pi))
+            target = float(u(*s.ggo_hu_severe) if severe else u(*s.ggo_hu_mild))
+            p_paving = s.paving_prob[int(severe)]
+            main = Lesion(
+                center=(float(x), float(y), float(z)),
+                radii=radii,
+                angle=angle,
+                target_hu=target,
+                core_hu=core,
+                paving=bool(p_paving > 0 and rng.random() < p_paving),
+                paving_freq=s.paving_freq,
+                paving_hu=s.paving_hu,
+                edge_width=s.edge_width,
+                edge_mod=s.edge_mod,
+                core_radius=core_radius,
+            )
+            lesions.append(main)
+            lo, hi = s.lobes
+            n_lobes = lo if lo == hi else int(rng.integers(lo, hi + 1))
+            # Lobulated patch: smaller lobes budding off the first one, same density.
+            for _ in range(n_lobes - 1):
+                phi, off, rl = u(0, 2 * math.pi), r * u(0.5, 0.9), r * u(0.45, 0.8)
+                lesions.append(
+                    dataclasses.replace(
+                        main,
+                        center=(
+                            float(x + off * math.cos(phi)),
+                            float(y + off * math.sin(phi)),
+                            float(z + r * u(-0.4, 0.4)),
+                        ),
+                        radii=(rl, rl * u(0.6, 1.0), rl * u(0.6, 1.0)),
+                        angle=float(u(0, math.pi)),
+                        core_hu=None,
+                        core_radius=None,
                     )
-    # Nodules and plate atelectasis: same distribution for both classes (a confounder, never
-    # evidence); ground-glass nodules have the density of COVID ground glass.
+                )
+    return lesions
+
+
+def _draw_confounders(
+    anat: _Anatomy, rng: np.random.Generator, s: StyleParams
+) -> tuple[list[Nodule], list[Plate]]:
+    """Nodules and plate atelectasis: same distribution for both classes (a confounder, never
+    evidence); ground-glass nodules have the density of COVID ground glass."""
+    u = rng.uniform
     n_nod = int(rng.poisson(s.nodules))
     nodules: list[Nodule] = []
     if n_nod:
@@ -669,7 +685,7 @@ def _draw_findings(
                     hu=float(u(-300.0, 0.0)),
                 )
             )
-    return tuple(lesions), tuple(nodules), tuple(plates)
+    return nodules, plates
 
 
 # --- rendering --------------------------------------------------------------------------------
@@ -726,11 +742,48 @@ def _render_chunk(
     Work inside the ribs runs on the cavity's bounding box only (a quarter of the field of
     view), and everything that does not change along z is drawn once in 2D.
     """
-    p = anat.p
     zc, yc, xc = grid.z[ks], grid.y, grid.x
     u, v = anat.patient_uv(xc[None, None, :], yc[None, :, None])  # (1, H, W)
     shape = (len(zc), len(yc), len(xc))
+    hu, rho_cav = _body_wall(anat, u, v, zc, yc, xc, shape)
 
+    # Inside the ribs, on the cavity's bounding box.
+    ys, xs = grid.crop
+    u, v, rho_cav = u[:, ys, xs], v[:, ys, xs], rho_cav[:, ys, xs]
+    yc, xc = yc[ys], xc[xs]
+    # Height with a per-pixel dither inside each sub-slice: curved surfaces cut by thick
+    # slices (diaphragm dome, apex, heart) average smoothly instead of in visible steps.
+    h = anat.height(zc)[:, None, None] + grid.dither[:, ys, xs]
+    sub = _mediastinum_and_spine(anat, hu[:, ys, xs], u, v, h, zc, rho_cav)
+    lung = anat.lung(u, v, h)
+    val, lesion = _lung_values(anat, fields, vessels, lung, u, v, h, (zc, yc, xc), rho_cav)
+    sub = np.where(lung, val, sub)
+    p = anat.p
+    for i, (sign, _) in enumerate(p.lung_sides):
+        if p.effusion[i] > 0:
+            eff = anat.effusion(u, v, h, p.effusion[i]) & (rho_cav < 1) & (u * sign > 0)
+            eff &= ~anat.mediastinum(u, v, h) & (h > -0.1)
+            sub = np.where(eff, 12.0, sub)
+    hu[:, ys, xs] = sub
+    lung_full = np.zeros(shape, dtype=bool)
+    lung_full[:, ys, xs] = lung
+    lesion_full = np.zeros(shape, dtype=np.float32)
+    lesion_full[:, ys, xs] = lesion
+    return hu, lung_full, lesion_full
+
+
+def _body_wall(
+    anat: _Anatomy,
+    u: np.ndarray,
+    v: np.ndarray,
+    zc: np.ndarray,
+    yc: np.ndarray,
+    xc: np.ndarray,
+    shape: tuple[int, int, int],
+) -> tuple[np.ndarray, np.ndarray]:
+    """HU of everything outside the cavity (z-invariant layers drawn once, then the ribs), and
+    the cavity's superellipse radius."""
+    p = anat.p
     # z-invariant layers: air, table, fat, muscle, mediastinal fat, sternum, posterior spine.
     rho_fat = anat.superellipse(u, v, p.body_a - p.fat, p.body_b - p.fat, 0.0)
     rho_cav = anat.cavity_rho(u, v)
@@ -762,15 +815,20 @@ def _render_chunk(
         turns = (zc[:, None] + p.rib_slope * g[None, :] - p.rib_phase) / p.rib_period
         bone = np.cos(2 * math.pi * turns) > math.cos(math.pi * 11.0 / p.rib_period)
         hu[:, iy, ix] = np.where(bone, p.rib_hu, hu[:, iy, ix])
+    return hu, rho_cav
 
-    # Inside the ribs, on the cavity's bounding box.
-    ys, xs = grid.crop
-    u, v, rho_cav = u[:, ys, xs], v[:, ys, xs], rho_cav[:, ys, xs]
-    yc, xc = yc[ys], xc[xs]
-    # Height with a per-pixel dither inside each sub-slice: curved surfaces cut by thick
-    # slices (diaphragm dome, apex, heart) average smoothly instead of in visible steps.
-    h = anat.height(zc)[:, None, None] + grid.dither[:, ys, xs]
-    sub = hu[:, ys, xs]
+
+def _mediastinum_and_spine(
+    anat: _Anatomy,
+    sub: np.ndarray,
+    u: np.ndarray,
+    v: np.ndarray,
+    h: np.ndarray,
+    zc: np.ndarray,
+    rho_cav: np.ndarray,
+) -> np.ndarray:
+    """Heart, great vessels, trachea and vertebral bodies drawn over ``sub``."""
+    p = anat.p
     heart_q, heart_h = anat.heart_q(u, v), anat.heart_profile(h)
     sub = np.where((rho_cav < 1) & (h < 0.25), np.where(u < 25.0, 58.0, 45.0), sub)
     sub = np.where(heart_q < heart_h * 1.25, -90.0, sub)  # pericardial fat
@@ -786,10 +844,24 @@ def _render_chunk(
     vr2 = u**2 + (v - p.vert_v) ** 2
     disc = np.cos((zc[:, None, None] - p.vert_phase) * (2 * math.pi / p.vert_period)) > 0.85
     cortex = vr2 > (0.82 * p.vert_r) ** 2
-    sub = np.where(vr2 < p.vert_r**2, np.where(disc, 90.0, np.where(cortex, 650.0, 260.0)), sub)
+    return np.where(vr2 < p.vert_r**2, np.where(disc, 90.0, np.where(cortex, 650.0, 260.0)), sub)
 
-    # Lungs: inspiration level, gravity gradient, texture, atelectasis, lesions, vessels.
-    lung = anat.lung(u, v, h)
+
+def _lung_values(
+    anat: _Anatomy,
+    fields: _Fields,
+    vessels: _Fields,
+    lung: np.ndarray,
+    u: np.ndarray,
+    v: np.ndarray,
+    h: np.ndarray,
+    zyx: tuple[np.ndarray, np.ndarray, np.ndarray],
+    rho_cav: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Lung HU (inspiration level, gravity gradient, texture, atelectasis, lesions, vessels,
+    nodules) and the lesion weight."""
+    p = anat.p
+    zc, yc, xc = zyx
     f = fields.sample(zc, yc, xc)
     vn = np.clip((v - p.cav_v) / p.cav_b, -1.0, 1.0)
     val = (p.lung_hu + 0.5 * p.gravity * vn) + p.texture_sd * f[0]
@@ -814,18 +886,7 @@ def _render_chunk(
     val += np.minimum(prof * 2.5, 1.0) * (HU_BLOOD - val)
     for nod in p.nodules:
         _paint_nodule(nod, val, zc, yc, xc)
-    sub = np.where(lung, val, sub)
-    for i, (sign, _) in enumerate(p.lung_sides):
-        if p.effusion[i] > 0:
-            eff = anat.effusion(u, v, h, p.effusion[i]) & (rho_cav < 1) & (u * sign > 0)
-            eff &= ~anat.mediastinum(u, v, h) & (h > -0.1)
-            sub = np.where(eff, 12.0, sub)
-    hu[:, ys, xs] = sub
-    lung_full = np.zeros(shape, dtype=bool)
-    lung_full[:, ys, xs] = lung
-    lesion_full = np.zeros(shape, dtype=np.float32)
-    lesion_full[:, ys, xs] = lesion
-    return hu, lung_full, lesion_full
+    return val, lesion
 
 
 def _paint_lesion(
@@ -938,6 +999,23 @@ def _block_mean(a: np.ndarray, sub: int, factor: int) -> np.ndarray:
     return out
 
 
+def _scanner(hu: np.ndarray, noise: np.ndarray, p: _Params, s: StyleParams) -> np.ndarray:
+    """What the scanner does to the rendered HU: in-plane point-spread blur, the kernel's
+    sharpening, then noise that is itself spatially correlated; int16 HU."""
+    hu = ndimage.gaussian_filter(hu, sigma=(0, p.psf_sigma, p.psf_sigma), mode="nearest")
+    if p.sharpen > 0:
+        # A sharp (bone / lung) reconstruction kernel: edges overshoot on both sides.
+        sig = (0, s.sharpen_sigma, s.sharpen_sigma)
+        hu += p.sharpen * (hu - ndimage.gaussian_filter(hu, sig, mode="nearest", truncate=3.0))
+    noise = ndimage.gaussian_filter(noise, sigma=(0, s.noise_smooth, s.noise_smooth), mode="wrap")
+    if s.noise_highpass > 0:
+        # Grainy noise of a sharp kernel: its power moves to high spatial frequencies.
+        sig = (0, s.noise_highpass, s.noise_highpass)
+        noise -= ndimage.gaussian_filter(noise, sig, mode="wrap", truncate=3.0)
+    noise *= p.noise_sd / max(float(noise.std()), 1e-6)
+    return np.clip(np.rint(hu + noise), HU_MIN, HU_MAX).astype(np.int16)
+
+
 def make_phantom(
     rng: np.random.Generator,
     *,
@@ -997,19 +1075,7 @@ def make_phantom(
         lung_frac[k0:k1] = _block_mean(fine_lung.astype(np.float32), sub, factor)
         lesion_frac[k0:k1] = _block_mean(fine_lesion, sub, factor)
 
-    # Scanner: in-plane point-spread blur, then noise that is itself spatially correlated.
-    hu = ndimage.gaussian_filter(hu, sigma=(0, p.psf_sigma, p.psf_sigma), mode="nearest")
-    if p.sharpen > 0:
-        # A sharp (bone / lung) reconstruction kernel: edges overshoot on both sides.
-        sig = (0, s.sharpen_sigma, s.sharpen_sigma)
-        hu += p.sharpen * (hu - ndimage.gaussian_filter(hu, sig, mode="nearest", truncate=3.0))
-    noise = ndimage.gaussian_filter(noise, sigma=(0, s.noise_smooth, s.noise_smooth), mode="wrap")
-    if s.noise_highpass > 0:
-        # Grainy noise of a sharp kernel: its power moves to high spatial frequencies.
-        sig = (0, s.noise_highpass, s.noise_highpass)
-        noise -= ndimage.gaussian_filter(noise, sig, mode="wrap", truncate=3.0)
-    noise *= p.noise_sd / max(float(noise.std()), 1e-6)
-    out = np.clip(np.rint(hu + noise), HU_MIN, HU_MAX).astype(np.int16)
+    out = _scanner(hu, noise, p, s)
     lung_mask = lung_frac >= 0.5
     lesion_mask = (lesion_frac >= LESION_TRUTH_FRACTION) & lung_mask
     return Phantom(

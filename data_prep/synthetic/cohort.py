@@ -1,10 +1,10 @@
 """Write a deterministic synthetic chest-CT cohort as real DICOM series and NIfTI files.
 
 No chest CT can be downloaded where covidct is built and tested, so the demo and the tests run on
-phantoms (:mod:`data_prep.phantom`) written the way hospitals export them: one folder per patient
-and study, unordered file names (some without an extension), rescale tags that must be applied,
-a localizer series next to the axial one, and realistic identifying header values that the
-de-identification downstream must remove.
+phantoms (:mod:`data_prep.synthetic.phantom`) written the way hospitals export them: one folder
+per patient and study, unordered file names (some without an extension), rescale tags that must
+be applied, a localizer series next to the axial one, and realistic identifying header values
+that the de-identification downstream must remove.
 
 Layout of ``write_cohort(out_dir)``::
 
@@ -44,7 +44,7 @@ from pydicom.valuerep import format_number_as_ds
 
 from data_prep.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from data_prep.errors import ConfigError, CovidCTError
-from data_prep.phantom import Phantom, PhantomStyle, make_phantom
+from data_prep.synthetic.phantom import Phantom, PhantomStyle, make_phantom
 
 logger = logging.getLogger(__name__)
 
@@ -672,7 +672,7 @@ def _run(
         ctx: multiprocessing.context.BaseContext
         if "forkserver" in multiprocessing.get_all_start_methods():
             ctx = multiprocessing.get_context("forkserver")
-            ctx.set_forkserver_preload(["data_prep.synth"])
+            ctx.set_forkserver_preload(["data_prep.synthetic.cohort"])
         else:
             ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
