@@ -11,9 +11,14 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from covidct.config import Config, load_config
 from data_prep.errors import CovidCTError
+
+if TYPE_CHECKING:  # the CLI imports TensorFlow-side modules only when a command needs them
+    from covidct.train import RunResult
+    from covidct.train_config import TrainConfig
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -273,11 +278,7 @@ def _cmd_prepare(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _cmd_train(args: argparse.Namespace, cfg: Config) -> int:
-    import math
-
     from covidct.config import to_dict
-    from covidct.data.units import PrivacyUnit
-    from covidct.privacy.audit import epsilon_estimate
     from covidct.train import Placement, resume, train
 
     if (args.workers is None) != (args.worker_index is None):
@@ -289,56 +290,17 @@ def _cmd_train(args: argparse.Namespace, cfg: Config) -> int:
     progress = not args.no_progress and sys.stderr.isatty()
     say = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
     if args.resume is not None:
-        given = [
-            flag
-            for flag, value in (
-                ("--data", args.data),
-                ("--epsilon", args.epsilon),
-                ("--no-dp", args.no_dp),
-                ("--config", args.config),
-                ("--set", args.overrides),
-                ("--privacy-unit", args.privacy_unit),
-                ("--clipping", args.clipping),
-                ("--pipeline-stages", args.pipeline_stages),
-                ("--run-id", args.run_id),
-            )
-            if value
-        ]
-        if given:
-            print(
-                f"error: --resume continues a run with the settings it started with; drop "
-                f"{', '.join(given)}",
-                file=sys.stderr,
-            )
+        if _resume_refusal(args):
             return 2
         result = resume(args.resume, progress=progress, on_event=say, placement=placement)
     else:
-        if args.data is None:
-            print("error: give --data PREP (or --resume RUN)", file=sys.stderr)
+        epsilon = _train_epsilon(args)
+        if epsilon is None:
             return 2
-        if args.no_dp:
-            epsilon = math.inf
-        elif args.epsilon is None:
-            print(
-                "error: give --epsilon (e.g. --epsilon 3) or --no-dp for the baseline",
-                file=sys.stderr,
-            )
-            return 2
-        else:
-            epsilon = args.epsilon
-        c = cfg.train
-        if args.privacy_unit:
-            c = replace(c, privacy_unit=PrivacyUnit(args.privacy_unit))
-        if args.clipping:
-            from covidct.privacy.modes import ClippingMode
-
-            c = replace(c, clipping=ClippingMode(args.clipping))
-        if args.pipeline_stages is not None:
-            c = replace(c, pipeline_stages=args.pipeline_stages)
-        cfg = replace(cfg, train=c)
+        cfg = replace(cfg, train=_train_flags(args, cfg.train))
         result = train(
             args.data,
-            config=c,
+            config=cfg.train,
             target_epsilon=epsilon,
             runs_dir=args.runs,
             run_id=args.run_id,
@@ -347,9 +309,75 @@ def _cmd_train(args: argparse.Namespace, cfg: Config) -> int:
             on_event=say,
             placement=placement,
         )
+    _print_train_result(result)
+    return 0
+
+
+def _resume_refusal(args: argparse.Namespace) -> bool:
+    """--resume with settings of a new run: say which to drop (True)."""
+    given = [
+        flag
+        for flag, value in (
+            ("--data", args.data),
+            ("--epsilon", args.epsilon),
+            ("--no-dp", args.no_dp),
+            ("--config", args.config),
+            ("--set", args.overrides),
+            ("--privacy-unit", args.privacy_unit),
+            ("--clipping", args.clipping),
+            ("--pipeline-stages", args.pipeline_stages),
+            ("--run-id", args.run_id),
+        )
+        if value
+    ]
+    if given:
+        print(
+            f"error: --resume continues a run with the settings it started with; drop "
+            f"{', '.join(given)}",
+            file=sys.stderr,
+        )
+    return bool(given)
+
+
+def _train_epsilon(args: argparse.Namespace) -> float | None:
+    """The target epsilon of a new run (inf for --no-dp); None after saying what is missing."""
+    import math
+
+    if args.data is None:
+        print("error: give --data PREP (or --resume RUN)", file=sys.stderr)
+        return None
+    if args.no_dp:
+        return math.inf
+    if args.epsilon is None:
+        print(
+            "error: give --epsilon (e.g. --epsilon 3) or --no-dp for the baseline", file=sys.stderr
+        )
+        return None
+    return float(args.epsilon)
+
+
+def _train_flags(args: argparse.Namespace, c: TrainConfig) -> TrainConfig:
+    """The train config with the command line's own flags applied."""
+    from covidct.data.units import PrivacyUnit
+    from covidct.privacy.modes import ClippingMode
+
+    if args.privacy_unit:
+        c = replace(c, privacy_unit=PrivacyUnit(args.privacy_unit))
+    if args.clipping:
+        c = replace(c, clipping=ClippingMode(args.clipping))
+    if args.pipeline_stages is not None:
+        c = replace(c, pipeline_stages=args.pipeline_stages)
+    return c
+
+
+def _print_train_result(result: RunResult) -> None:
+    import math
+
+    from covidct.privacy.audit import epsilon_estimate
+
     if not result.chief:
         print(f"worker done ({result.seconds:.0f} s on {result.device}); worker 0 wrote the run")
-        return 0
+        return
     p = result.metrics["patient"]
     eps = result.privacy.epsilon
     print(
@@ -371,7 +399,6 @@ def _cmd_train(args: argparse.Namespace, cfg: Config) -> int:
         )
     print(f"privacy report: {result.run_dir / 'privacy_report.md'}")
     print(f"metrics:        {result.run_dir / 'metrics.json'}")
-    return 0
 
 
 def _cmd_pretrain(args: argparse.Namespace, cfg: Config) -> int:

@@ -373,17 +373,7 @@ def calibrate_noise(
     Raises:
         PrivacyRequestError: invalid parameters, or no sigma up to 1e4 reaches the target.
     """
-    if not (target_epsilon > 0 and math.isfinite(target_epsilon)):
-        raise PrivacyRequestError(
-            f"target epsilon: expected a finite number > 0, found {target_epsilon}. "
-            "Fix: choose e.g. 1, 3 or 8."
-        )
-    if steps < 1 or not 0 < sampling_rate <= 1:
-        raise PrivacyRequestError(
-            f"calibration needs steps >= 1 and 0 < q <= 1, found steps={steps}, q={sampling_rate}."
-            " Fix: train at least one step with a positive expected batch size."
-        )
-    _check_delta(delta)
+    _check_calibration_request(target_epsilon, sampling_rate, steps, delta)
     started = time.perf_counter()
 
     def eps(sigma: float) -> float:
@@ -427,18 +417,28 @@ def calibrate_noise(
             "; this is a bug in the search, please report it with these parameters."
         )
     logger.info(
-        "calibrated sigma=%.4f for epsilon<=%g at delta=%g (q=%g, %d steps, %s): "
-        "epsilon=%.4f, %.2fs",
-        sigma,
-        target_epsilon,
-        delta,
-        sampling_rate,
-        steps,
-        accountant.value,
-        achieved,
+        "calibrated sigma=%.4f for epsilon<=%g at delta=%g (q=%g, %d steps, %s): epsilon=%.4f, "
+        "%.2fs",
+        *(sigma, target_epsilon, delta, sampling_rate, steps, accountant.value, achieved),
         time.perf_counter() - started,
     )
     return sigma
+
+
+def _check_calibration_request(
+    target_epsilon: float, sampling_rate: float, steps: int, delta: float
+) -> None:
+    if not (target_epsilon > 0 and math.isfinite(target_epsilon)):
+        raise PrivacyRequestError(
+            f"target epsilon: expected a finite number > 0, found {target_epsilon}. "
+            "Fix: choose e.g. 1, 3 or 8."
+        )
+    if steps < 1 or not 0 < sampling_rate <= 1:
+        raise PrivacyRequestError(
+            f"calibration needs steps >= 1 and 0 < q <= 1, found steps={steps}, q={sampling_rate}."
+            " Fix: train at least one step with a positive expected batch size."
+        )
+    _check_delta(delta)
 
 
 def default_delta(n_units: int) -> float:

@@ -262,6 +262,27 @@ class DPGradient:
         # built under a strategy's scope (train.py does), the sums are per replica
         self._strategy = tf.distribute.get_strategy()
         self.num_replicas = int(self._strategy.num_replicas_in_sync)
+        self._make_sums()
+        self._set_groups(
+            layer_groups if layer_groups is not None else per_layer_groups(model, self.variables)
+        )
+        self._choose_vectorized(vectorized_impl)
+        self._jit = jit_compile
+        # several replicas: every graph function runs once per replica (strategy.run)
+        self._run: Callable[..., object] = runner or (
+            self._strategy_run if self.num_replicas > 1 else _call
+        )
+        self._accumulate_fn = tf.function(
+            self._accumulate_graph, reduce_retracing=True, jit_compile=jit_compile
+        )
+        self._reset_fn = tf.function(self._reset_graph, jit_compile=jit_compile)
+        self._result_fn = tf.function(self._result_graph)
+        self._apply_fns: dict[int, Callable[[tf.Tensor], None]] = {}
+        self._fused_fns: dict[int, Callable[..., object]] = {}
+        self._clean = False  # True when the sums are known to be zero (reset can be skipped)
+
+    def _make_sums(self) -> None:
+        """The running sums of a logical batch: clipped gradients, units, loss."""
         sync: dict[str, object] = {}
         if self.num_replicas > 1:
             # each replica adds to its own copy; a cross-replica read gives the SUM over all
@@ -277,14 +298,15 @@ class DPGradient:
         ]
         self._units = tf.Variable(0.0, trainable=False, dtype=tf.float32, name="dp_units", **sync)
         self._loss = tf.Variable(0.0, trainable=False, dtype=tf.float32, name="dp_loss", **sync)
-        groups = (
-            layer_groups if layer_groups is not None else per_layer_groups(model, self.variables)
-        )
+
+    def _set_groups(self, groups: Sequence[Sequence[int]]) -> None:
+        """Which clipping group each variable is in, and (per-layer) each group's norm."""
         self._group_of_var = [0] * len(self.variables)
         for g, members in enumerate(groups):
             for i in members:
                 self._group_of_var[i] = g
         self._n_groups = len(groups)
+        settings = self.settings
         if settings.clipping is ClippingMode.PER_LAYER and settings.clip_norm is not None:
             sizes = [sum(int(tf.size(self.variables[i])) for i in members) for members in groups]
             self.group_norms = group_clip_norms(
@@ -292,37 +314,28 @@ class DPGradient:
             )
         else:
             self.group_norms = []
+
+    def _choose_vectorized(self, vectorized_impl: str | None) -> None:
+        """How the vectorized mode gets per-unit gradients (``__init__``'s argument)."""
         if vectorized_impl not in (None, "layerwise", "vectorized_map"):
             raise ValueError(f"unknown vectorized_impl {vectorized_impl!r}")
         self.vectorized_impl = ""
         self._layerwise: LayerwisePerUnit | None = None
-        if mode is ExecutionMode.VECTORIZED:
-            reason = unsupported_reason(model)
-            if reason is not None and vectorized_impl == "layerwise":
-                raise ValueError(f"layerwise per-unit gradients do not apply: {reason}")
-            if vectorized_impl == "vectorized_map":
-                reason = "vectorized_map requested"
-            if reason is None:
-                self._layerwise = LayerwisePerUnit(
-                    model, self.variables, functools.partial(unit_losses, kind=unit_loss)
-                )
-                self.vectorized_impl = "layerwise"
-            else:
-                self.vectorized_impl = "vectorized_map"
-                logger.info("per-unit gradients with tf.vectorized_map: %s", reason)
-        self._jit = jit_compile
-        # several replicas: every graph function runs once per replica (strategy.run)
-        self._run: Callable[..., object] = runner or (
-            self._strategy_run if self.num_replicas > 1 else _call
-        )
-        self._accumulate_fn = tf.function(
-            self._accumulate_graph, reduce_retracing=True, jit_compile=jit_compile
-        )
-        self._reset_fn = tf.function(self._reset_graph, jit_compile=jit_compile)
-        self._result_fn = tf.function(self._result_graph)
-        self._apply_fns: dict[int, Callable[[tf.Tensor], None]] = {}
-        self._fused_fns: dict[int, Callable[..., object]] = {}
-        self._clean = False  # True when the sums are known to be zero (reset can be skipped)
+        if self.mode is not ExecutionMode.VECTORIZED:
+            return
+        reason = unsupported_reason(self.model)
+        if reason is not None and vectorized_impl == "layerwise":
+            raise ValueError(f"layerwise per-unit gradients do not apply: {reason}")
+        if vectorized_impl == "vectorized_map":
+            reason = "vectorized_map requested"
+        if reason is None:
+            self._layerwise = LayerwisePerUnit(
+                self.model, self.variables, functools.partial(unit_losses, kind=self.unit_loss)
+            )
+            self.vectorized_impl = "layerwise"
+        else:
+            self.vectorized_impl = "vectorized_map"
+            logger.info("per-unit gradients with tf.vectorized_map: %s", reason)
 
     # ---- per-unit pieces -------------------------------------------------------------------
 

@@ -41,7 +41,7 @@ class ReportFormatError(CovidCTError):
 
 @dataclass(frozen=True)
 class PrivacyReport:
-    """The privacy facts of one run; built by ``build_report``, which also writes ``notes``.
+    """The privacy facts of one run; ``build_report`` checks them and writes ``notes``.
 
     Attributes:
         dp: False for the non-private baseline (epsilon = inf).
@@ -91,7 +91,7 @@ class PrivacyReport:
     sampling: Sampling
     epsilon_per_epoch: list[float]
     tf_privacy_statement: str
-    notes: list[str]
+    notes: list[str] = dataclasses.field(default_factory=list)
     audit: dict[str, Any] | None = None
     steps_repeated: int = 0
     steps_taken: int | None = None
@@ -275,103 +275,37 @@ def _basis_notes(r: PrivacyReport) -> list[str]:
     ]
 
 
-def build_report(
-    *,
-    dp: bool,
-    target_epsilon: float | None,
-    epsilon: float,
-    delta: float,
-    noise_multiplier: float,
-    sampling_rate: float,
-    expected_batch_size: float,
-    steps: int,
-    epochs: float,
-    clip_norm: float,
-    privacy_unit: str,
-    max_slices_per_unit: int,
-    n_units: int,
-    accountant: Accountant,
-    sampling: Sampling,
-    epsilon_per_epoch: list[float],
-    tf_privacy_statement: str,
-    steps_repeated: int = 0,
-    steps_taken: int | None = None,
-    randomness: str = "",
-    unit_bases: dict[str, int] | None = None,
-    released: list[str] | None = None,
-) -> PrivacyReport:
-    """Assemble the report of a run and write its notes (assumptions and caveats).
-
-    Args:
-        dp: whether the run was differentially private.
-        target_epsilon: the budget asked for, or None.
-        epsilon: achieved epsilon (``math.inf`` when not private).
-        delta: delta.
-        noise_multiplier: sigma.
-        sampling_rate: q.
-        expected_batch_size: q * N.
-        steps: every step taken.
-        epochs: steps * q.
-        clip_norm: C.
-        privacy_unit: "patient" or "slice".
-        max_slices_per_unit: k.
-        n_units: N.
-        accountant: RDP or PLD.
-        sampling: how batches were formed.
-        epsilon_per_epoch: cumulative epsilon after each epoch.
-        tf_privacy_statement: from ``statements.tf_privacy_statement`` (empty when not private).
-        steps_repeated: steps run again after a resume (already included in ``steps``).
-        steps_taken: steps actually run, when fewer than ``steps`` (an early stop).
-        randomness: the source of the sampling and noise randomness (``secret.GENERATOR``).
-        unit_bases: training patients per identity basis (``data_prep.deid.UnitBasis``).
-        released: what the run publishes outside the guarantee.
-
-    Returns:
-        The report.
+def build_report(facts: PrivacyReport) -> PrivacyReport:
+    """The report of a run: ``facts`` (every field but ``notes`` and ``audit``) checked, and
+    its notes (assumptions and caveats) written.
 
     Raises:
         ReportFormatError: an unknown privacy unit, no units or slices, or a private run with
             infinite epsilon.
     """
-    if privacy_unit not in PRIVACY_UNITS:
+    if facts.privacy_unit not in PRIVACY_UNITS:
         raise ReportFormatError(
-            f"privacy unit: expected one of {', '.join(PRIVACY_UNITS)}, found {privacy_unit!r}."
-            " Fix: pass the unit the mechanism clipped."
+            f"privacy unit: expected one of {', '.join(PRIVACY_UNITS)}, found "
+            f"{facts.privacy_unit!r}. Fix: pass the unit the mechanism clipped."
         )
-    if max_slices_per_unit < 1 or n_units < 1:
+    if facts.max_slices_per_unit < 1 or facts.n_units < 1:
         raise ReportFormatError(
-            f"expected at least one unit and one slice per unit, found n_units={n_units}, "
-            f"max_slices_per_unit={max_slices_per_unit}. Fix: pass the training set's figures."
+            f"expected at least one unit and one slice per unit, found n_units={facts.n_units}, "
+            f"max_slices_per_unit={facts.max_slices_per_unit}. Fix: pass the training set's "
+            "figures."
         )
-    if dp and not math.isfinite(epsilon):
+    if facts.dp and not math.isfinite(facts.epsilon):
         raise ReportFormatError(
-            f"a private run must have a finite epsilon, found {epsilon}. "
+            f"a private run must have a finite epsilon, found {facts.epsilon}. "
             "Fix: report it as dp=False."
         )
-    report = PrivacyReport(
-        dp=dp,
-        target_epsilon=target_epsilon,
-        epsilon=epsilon if dp else math.inf,
-        delta=delta,
-        noise_multiplier=noise_multiplier,
-        sampling_rate=sampling_rate,
-        expected_batch_size=expected_batch_size,
-        steps=steps,
-        epochs=epochs,
-        clip_norm=clip_norm,
-        privacy_unit=privacy_unit,
-        max_slices_per_unit=max_slices_per_unit,
-        n_units=n_units,
-        accountant=accountant,
-        sampling=sampling,
-        epsilon_per_epoch=list(epsilon_per_epoch),
-        tf_privacy_statement=tf_privacy_statement,
+    report = dataclasses.replace(
+        facts,
+        epsilon=facts.epsilon if facts.dp else math.inf,
+        epsilon_per_epoch=list(facts.epsilon_per_epoch),
+        unit_bases=dict(facts.unit_bases),
+        released=list(facts.released),
         notes=[],
-        steps_repeated=steps_repeated,
-        steps_taken=steps_taken,
-        randomness=randomness,
-        unit_bases=dict(unit_bases or {}),
-        released=list(released or []),
     )
     return dataclasses.replace(report, notes=_build_notes(report))
 

@@ -88,19 +88,7 @@ def tf_privacy_statement(
             f"N={n_units}, batch={expected_batch_size}, epochs={epochs}."
         )
     _check_delta(delta)
-    # Its batch_size is an int (it derives q = batch_size / N from it): round the expected batch
-    # size; the covidct line below says when that changes q.
-    batch = min(max(1, round(expected_batch_size)), n_units)
-    q_tf = batch / n_units
-    # It takes ceil(epochs / q) steps: keep float error (e.g. 625 * 0.032 / 0.032 = 625.0000001)
-    # from adding a step, by passing the epochs of a whole number of steps.
-    steps_f = epochs / q_tf
-    steps = round(steps_f)
-    if not math.isclose(steps_f, steps, rel_tol=1e-9):
-        steps = math.ceil(steps_f)
-    num_epochs = steps * batch / n_units
-    while math.ceil(num_epochs / q_tf) > steps:
-        num_epochs = math.nextafter(num_epochs, 0.0)
+    batch, steps, num_epochs = _tf_privacy_inputs(n_units, expected_batch_size, epochs)
     lib = _tf_privacy_lib()
     with warnings.catch_warnings():
         # Its group-privacy line search overflows harmlessly (it then prints inf with a note).
@@ -117,6 +105,41 @@ def tf_privacy_statement(
             max_examples_per_user=max_examples_per_user,
             accountant_type=lib.AccountantType.RDP,
         )
+    header = _statement_header(
+        n_units, expected_batch_size, batch, steps, sampling, max_examples_per_user
+    )
+    return "\n".join(header) + "\n\n" + statement
+
+
+def _tf_privacy_inputs(
+    n_units: int, expected_batch_size: float, epochs: float
+) -> tuple[int, int, float]:
+    """(batch_size, steps, num_epochs) to give tensorflow-privacy for the same run."""
+    # Its batch_size is an int (it derives q = batch_size / N from it): round the expected batch
+    # size; the covidct line of the header says when that changes q.
+    batch = min(max(1, round(expected_batch_size)), n_units)
+    q_tf = batch / n_units
+    # It takes ceil(epochs / q) steps: keep float error (e.g. 625 * 0.032 / 0.032 = 625.0000001)
+    # from adding a step, by passing the epochs of a whole number of steps.
+    steps_f = epochs / q_tf
+    steps = round(steps_f)
+    if not math.isclose(steps_f, steps, rel_tol=1e-9):
+        steps = math.ceil(steps_f)
+    num_epochs = steps * batch / n_units
+    while math.ceil(num_epochs / q_tf) > steps:
+        num_epochs = math.nextafter(num_epochs, 0.0)
+    return batch, steps, num_epochs
+
+
+def _statement_header(
+    n_units: int,
+    expected_batch_size: float,
+    batch: int,
+    steps: int,
+    sampling: Sampling,
+    max_examples_per_user: int | None,
+) -> list[str]:
+    """The ``covidct:`` lines: what its inputs and "examples" are here, and which line applies."""
     header = [
         f"covidct: inputs number_of_examples={n_units} privacy units, batch_size={batch} (the "
         f"expected batch size {expected_batch_size:g} rounded to an integer), {steps} steps, "
@@ -130,7 +153,7 @@ def tf_privacy_statement(
     if not math.isclose(batch, expected_batch_size, rel_tol=1e-9):
         header.append(
             f"covidct: rounding the batch size changes q from {expected_batch_size / n_units:.6g} "
-            f"to {q_tf:.6g}, so its figures differ slightly from covidct's."
+            f"to {(batch / n_units):.6g}, so its figures differ slightly from covidct's."
         )
     if sampling is Sampling.POISSON:
         header.append(
@@ -143,4 +166,4 @@ def tf_privacy_statement(
             "'Epsilon assuming Poisson sampling (*)' as an assumption, and the line 'each example "
             "occurring once per epoch' is its figure without amplification by sampling."
         )
-    return "\n".join(header) + "\n\n" + statement
+    return header

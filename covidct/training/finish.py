@@ -177,7 +177,7 @@ def privacy_report(
 ) -> Any:
     """The epsilon report for the steps counted (every started step; after an early stop,
     every planned step)."""
-    from covidct.privacy.report import build_report
+    from covidct.privacy.report import PrivacyReport, build_report
     from covidct.privacy.secret import GENERATOR
 
     passes = steps_taken * plan.sampling_rate  # expected passes over the data: steps * q
@@ -185,41 +185,43 @@ def privacy_report(
     most_per_patient = max_units_per_patient(train_units) if slice_units else None
     epsilon = plan.epsilon(steps_taken)
     report = build_report(
-        dp=plan.dp,
-        target_epsilon=plan.target_epsilon if plan.dp else None,
-        epsilon=epsilon,
-        delta=plan.delta,
-        noise_multiplier=plan.noise_multiplier,
-        sampling_rate=plan.sampling_rate,
-        expected_batch_size=plan.expected_batch_size,
-        steps=steps_taken,
-        epochs=passes,
-        clip_norm=config.clip_norm if plan.dp else 0.0,
-        privacy_unit=config.privacy_unit.value,
-        # for slice units the report's group-privacy note needs the most slices of one patient
-        max_slices_per_unit=most_per_patient or config.max_slices_per_unit,
-        n_units=plan.n_units,
-        accountant=config.accountant,
-        sampling=config.sampling,
-        epsilon_per_epoch=eps_per_epoch,
-        steps_repeated=steps_repeated,
-        steps_taken=steps_taken_early,
-        randomness=GENERATOR if plan.dp else "",
-        unit_bases=count_bases(train_units),
-        released=released if plan.dp else [],
-        tf_privacy_statement=(
-            tf_privacy_statement(
-                n_units=plan.n_units,
-                expected_batch_size=plan.expected_batch_size,
-                epochs=passes,
-                noise_multiplier=plan.noise_multiplier,
-                delta=plan.delta,
-                sampling=config.sampling,
-                max_examples_per_user=most_per_patient,
-            )
-            if plan.dp
-            else "not applicable: trained without differential privacy"
-        ),
+        PrivacyReport(
+            dp=plan.dp,
+            target_epsilon=plan.target_epsilon if plan.dp else None,
+            epsilon=epsilon,
+            delta=plan.delta,
+            noise_multiplier=plan.noise_multiplier,
+            sampling_rate=plan.sampling_rate,
+            expected_batch_size=plan.expected_batch_size,
+            steps=steps_taken,
+            epochs=passes,
+            clip_norm=config.clip_norm if plan.dp else 0.0,
+            privacy_unit=config.privacy_unit.value,
+            # for slice units the report's group-privacy note needs the most slices of one patient
+            max_slices_per_unit=most_per_patient or config.max_slices_per_unit,
+            n_units=plan.n_units,
+            accountant=config.accountant,
+            sampling=config.sampling,
+            epsilon_per_epoch=eps_per_epoch,
+            steps_repeated=steps_repeated,
+            steps_taken=steps_taken_early,
+            randomness=GENERATOR if plan.dp else "",
+            unit_bases=count_bases(train_units),
+            released=(released or []) if plan.dp else [],
+            tf_privacy_statement=(
+                tf_privacy_statement(
+                    n_units=plan.n_units,
+                    expected_batch_size=plan.expected_batch_size,
+                    epochs=passes,
+                    noise_multiplier=plan.noise_multiplier,
+                    delta=plan.delta,
+                    sampling=config.sampling,
+                    max_examples_per_user=most_per_patient,
+                )
+                if plan.dp
+                else "not applicable: trained without differential privacy"
+            ),
+        )
     )
     if config.augment_views > 1 and plan.dp:
         note = (

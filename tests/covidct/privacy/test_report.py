@@ -55,7 +55,7 @@ def _kwargs(**change: Any) -> dict[str, Any]:
 
 
 def _report(**change: Any) -> PrivacyReport:
-    return build_report(**_kwargs(**change))
+    return build_report(PrivacyReport(**_kwargs(**change)))
 
 
 REQUIRED_KEYS = {
