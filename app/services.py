@@ -14,7 +14,7 @@ import numpy as np
 
 from covidct import runs
 from covidct.inference import ModelBundle, ScanPrediction, grad_cam, predict_scan
-from covidct.runs import Run
+from covidct.runs import Run, SweepFolder
 from data_prep.uploads import UploadedScan, UploadLimits, read_upload
 
 __all__ = [
@@ -77,12 +77,12 @@ def curves_rows(root: Path) -> list[dict[str, Any]]:
     """Rows of every sweep's curves.csv under ``root``, plus the runs that are in no sweep."""
     rows: list[dict[str, Any]] = []
     in_sweeps: set[Path] = set()
-    for curves in sorted(root.rglob("curves.csv")) if root.is_dir() else []:
+    for curves in sorted(root.rglob(SweepFolder.CURVES)) if root.is_dir() else []:
         sweep = curves.parent
         with curves.open(newline="") as f:
             for r in csv.DictReader(f):
-                rows.append(_curve_row(r, sweep.name, sweep / "runs" / r["run_id"]))
-                in_sweeps.add((sweep / "runs" / r["run_id"]).resolve())
+                rows.append(_curve_row(r, sweep.name, sweep / SweepFolder.RUNS / r["run_id"]))
+                in_sweeps.add((sweep / SweepFolder.RUNS / r["run_id"]).resolve())
     for run in find_runs(root):
         if run.resolve() in in_sweeps:
             continue

@@ -11,7 +11,8 @@ its peak.
     .venv/bin/python benchmarks/bench_dashboard_load.py [--sessions 1,4,8] [--runs RUNS]
     .venv/bin/python benchmarks/bench_dashboard_load.py --sessions 8,8,8,8   # memory bounded?
 
-Without --runs it trains a small scattering model at epsilon 3 on a synthetic cohort first.
+Without --runs it trains a small model of the default kind at epsilon 3 on a synthetic cohort
+first (default slice settings).
 """
 
 from __future__ import annotations
@@ -57,6 +58,13 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _default_model() -> str:
+    from covidct.train_config import TrainConfig
+    from data_prep.settings import SliceSettings
+
+    return f"{TrainConfig().model} at {SliceSettings().image_size} px (the defaults)"
+
+
 def _make_runs(work: Path) -> Path:
     from covidct.train import train
     from covidct.train_config import TrainConfig
@@ -71,7 +79,7 @@ def _make_runs(work: Path) -> Path:
     prepare(
         [work / "cohort"],
         work / "prep",
-        config=PrepConfig(slices=SliceSettings(image_size=64)),
+        config=PrepConfig(slices=SliceSettings()),
         labels=[work / "cohort" / "labels.csv"],
     )
     runs = work / "runs"
@@ -192,7 +200,8 @@ def main() -> int:
     print(
         json.dumps(
             {
-                "scan": "64 slices of 128x128 (NIfTI), model: scattering at 64 px",
+                "scan": "64 slices of 128x128 (NIfTI)",
+                "model": _default_model(),
                 "cpus": os.cpu_count(),
                 "rounds": rounds,
             },

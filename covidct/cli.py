@@ -94,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--run-id", help="name of the run folder (default: time-epsilon-random)")
     t.add_argument("--privacy-unit", choices=["patient", "slice"], help="unit of privacy")
     t.add_argument(
+        "--model",
+        help="the model (train.model): attenuation (default), scattering, gn_cnn_small, "
+        "gn_resnet18; a CNN trains best with --config configs/cnn.yaml",
+    )
+    t.add_argument(
         "--clipping",
         choices=["flat", "per-layer"],
         help="flat: one norm C per unit; per-layer: each layer to C_l, sum of C_l^2 = C^2",
@@ -324,6 +329,7 @@ def _resume_refusal(args: argparse.Namespace) -> bool:
             ("--config", args.config),
             ("--set", args.overrides),
             ("--privacy-unit", args.privacy_unit),
+            ("--model", args.model),
             ("--clipping", args.clipping),
             ("--pipeline-stages", args.pipeline_stages),
             ("--run-id", args.run_id),
@@ -363,6 +369,8 @@ def _train_flags(args: argparse.Namespace, c: TrainConfig) -> TrainConfig:
 
     if args.privacy_unit:
         c = replace(c, privacy_unit=PrivacyUnit(args.privacy_unit))
+    if args.model:
+        c = replace(c, model=args.model)
     if args.clipping:
         c = replace(c, clipping=ClippingMode(args.clipping))
     if args.pipeline_stages is not None:
@@ -502,14 +510,15 @@ def _cmd_sweep(args: argparse.Namespace, cfg: Config) -> int:
 
 def _cmd_report(args: argparse.Namespace, cfg: Config) -> int:
     from covidct import model_card
+    from covidct.runs import SweepFolder
     from data_prep.atomic import atomic_write_text
 
-    if (args.path / "sweep.json").is_file():
-        if not (args.path / "sweep_report.md").is_file():
+    if (args.path / SweepFolder.SPEC).is_file():
+        if not (args.path / SweepFolder.REPORT).is_file():
             raise model_card.ReportInputError(
                 f"{args.path} has no finished runs yet: run covidct sweep again to resume it"
             )
-        text = (args.path / "sweep_report.md").read_text()
+        text = (args.path / SweepFolder.REPORT).read_text()
         print(text)
         if args.markdown:
             atomic_write_text(args.markdown, text)

@@ -370,10 +370,12 @@ def model_card_html(run: RunSummary) -> str:
 
 def sweep_html(sweep_dir: Path) -> str:
     """The sweep report with its plots embedded: one file to send to a privacy officer."""
-    md = (sweep_dir / "sweep_report.md").read_text()
+    from covidct.runs import SweepFolder
+
+    md = (sweep_dir / SweepFolder.REPORT).read_text()
     images = {
         p.name: p.read_bytes()
         for p in sorted(sweep_dir.glob("*.png"))
-        if p.name in ("utility_vs_epsilon.png", "utility_vs_batch_size.png", "epsilon_vs_epoch.png")
+        if p.name in SweepFolder.FIGURES
     }
     return markdown_to_html(md, f"Sweep {sweep_dir.name}", images)

@@ -145,8 +145,7 @@ def _epsilon_vs_epoch(rows: list[dict[str, Any]], runs: Path) -> bytes:
 
 def sweep_plots(rows: list[dict[str, Any]], runs: Path) -> dict[str, bytes]:
     """File name -> PNG bytes for the three sweep plots."""
-    return {
-        "utility_vs_epsilon.png": _utility_vs_epsilon(rows),
-        "utility_vs_batch_size.png": _utility_vs_batch(rows),
-        "epsilon_vs_epoch.png": _epsilon_vs_epoch(rows, runs),
-    }
+    from covidct.runs import SweepFolder
+
+    figures = (_utility_vs_epsilon(rows), _utility_vs_batch(rows), _epsilon_vs_epoch(rows, runs))
+    return dict(zip(SweepFolder.FIGURES, figures, strict=True))

@@ -99,6 +99,17 @@ def read_number(value: Any) -> float | None:
         return None
 
 
+class SweepFolder:
+    """A sweep folder's file names (``covidct.sweep`` writes it; the CLI, the model card and
+    the dashboard read it)."""
+
+    SPEC = "sweep.json"  # the grid asked for
+    CURVES = "curves.csv"  # one row per run: the privacy/utility curves
+    REPORT = "sweep_report.md"
+    RUNS = "runs"  # the sweep's run folders
+    FIGURES = ("utility_vs_epsilon.png", "utility_vs_batch_size.png", "epsilon_vs_epoch.png")
+
+
 class Run:
     """A run folder: its file names, formats and atomic writes, in one place."""
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from covidct.runs import Run, write_json
+from covidct.runs import Run, SweepFolder, write_json
 from covidct.train_config import TrainConfig
 from data_prep.atomic import atomic_write_bytes, atomic_write_text
 from data_prep.errors import CovidCTError
@@ -156,7 +156,7 @@ def run_sweep(
         "train": resolved_config.get("train", {}),
     }
     _check_or_write_spec(out, spec)
-    runs = out / "runs"
+    runs = out / SweepFolder.RUNS
     for point in points:
         run = runs / point.run_id
         if _finished(run):
@@ -190,7 +190,7 @@ def run_sweep(
 
 
 def _check_or_write_spec(out: Path, spec: dict[str, Any]) -> None:
-    path = out / "sweep.json"
+    path = out / SweepFolder.SPEC
     if path.is_file():
         old = json.loads(path.read_text())
         if old != json.loads(json.dumps(spec)):
@@ -200,7 +200,7 @@ def _check_or_write_spec(out: Path, spec: dict[str, Any]) -> None:
             )
         return
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out, "sweep.json", spec)
+    write_json(out, SweepFolder.SPEC, spec)
 
 
 def _num(x: Any) -> float | None:
@@ -217,7 +217,7 @@ def collect_rows(out: Path, points: Sequence[SweepPoint]) -> list[dict[str, Any]
 
     rows = []
     for point in points:
-        run = out / "runs" / point.run_id
+        run = out / SweepFolder.RUNS / point.run_id
         if not _finished(run):
             continue
         finished = Run(run)
@@ -269,12 +269,12 @@ def write_outputs(out: Path, rows: list[dict[str, Any]], spec: dict[str, Any]) -
     writer.writerow(CURVE_COLUMNS)
     for r in rows:
         writer.writerow([_csv_value(r[c]) for c in CURVE_COLUMNS])
-    atomic_write_text(out / "curves.csv", buf.getvalue())
+    atomic_write_text(out / SweepFolder.CURVES, buf.getvalue())
     from covidct import plots
 
-    for name, png in plots.sweep_plots(rows, out / "runs").items():
+    for name, png in plots.sweep_plots(rows, out / SweepFolder.RUNS).items():
         atomic_write_bytes(out / name, png)
-    atomic_write_text(out / "sweep_report.md", sweep_report(rows, spec))
+    atomic_write_text(out / SweepFolder.REPORT, sweep_report(rows, spec))
 
 
 def _mean(values: list[float]) -> float:

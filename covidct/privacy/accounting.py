@@ -518,6 +518,11 @@ def validate_request(
         raise PrivacyRequestError("invalid privacy request:\n- " + "\n- ".join(problems))
 
 
+# noise std of the averaged update, per coordinate, as a fraction of the clip norm: above it a
+# step is mostly noise whatever sigma is (sigma 50 at 200 units per step is at this limit)
+MAX_AVERAGED_NOISE = 0.25
+
+
 def check_noise_is_usable(
     noise_multiplier: float,
     *,
@@ -528,6 +533,11 @@ def check_noise_is_usable(
     n_units: int | None = None,
 ) -> None:
     """Stop a run whose calibrated sigma would drown every update in noise.
+
+    Usable: sigma at most ``max_noise_multiplier``, or, when q and N are given, a noise in the
+    averaged update of at most ``MAX_AVERAGED_NOISE`` of the clip norm per coordinate (sigma /
+    (q N)): a large sigma is harmless when many units share each step, as in full-batch DP-GD
+    of a small head on a few hundred patients.
 
     The suggested changes use the scaling of the moments-accountant bound, sigma ~ q sqrt(T) / eps
     = sqrt(q * epochs) / eps for T = epochs / q steps (Abadi et al. 2016, Thm. 1): to shrink
@@ -544,13 +554,24 @@ def check_noise_is_usable(
     Raises:
         PrivacyRequestError: sigma is not finite or exceeds ``max_noise_multiplier``.
     """
-    if math.isfinite(noise_multiplier) and noise_multiplier <= max_noise_multiplier:
+    batch = sampling_rate * n_units if sampling_rate and n_units else None
+    averaged = noise_multiplier / batch if batch else math.inf
+    if math.isfinite(noise_multiplier) and (
+        noise_multiplier <= max_noise_multiplier or averaged <= MAX_AVERAGED_NOISE
+    ):
         return
     r = noise_multiplier / max_noise_multiplier if math.isfinite(noise_multiplier) else math.inf
     lines = [
         f"calibrated noise multiplier sigma = {noise_multiplier:.4g} for target epsilon "
-        f"{target_epsilon:g} exceeds the usable limit {max_noise_multiplier:g}: the noisy "
-        "updates would be almost pure noise. The sigma needed grows roughly as "
+        f"{target_epsilon:g} exceeds the usable limit {max_noise_multiplier:g}"
+        + (
+            f" and, at {batch:.4g} expected units per step, the noise in the averaged update "
+            f"(sigma / (q N) = {averaged:.3g} of the clip norm per coordinate) exceeds "
+            f"{MAX_AVERAGED_NOISE:g}"
+            if batch
+            else ""
+        )
+        + ": the noisy updates would be almost pure noise. The sigma needed grows roughly as "
         "sqrt(q * epochs) / epsilon (Abadi et al. 2016, Thm. 1); to reach the limit, any one of:",
         f"- a larger target epsilon: about {target_epsilon * r:.3g} instead of {target_epsilon:g};",
     ]

@@ -262,14 +262,17 @@ def test_per_layer_clipping_leaves_the_accounting_unchanged(prep, tmp_path):
         assert getattr(layered.privacy, key) == getattr(flat_run.privacy, key), key
 
 
-def test_cli_clipping_flags_reach_the_resolved_config(prep, tmp_path, capsys):
+def test_cli_model_and_clipping_flags_reach_the_resolved_config(prep, tmp_path, capsys):
     argv = ["train", "--data", str(prep), "--epsilon", "3", "--runs", str(tmp_path)]
     argv += ["--no-progress", "--set", "train.epochs=1", "--set", "train.batch_size=8"]
-    argv += ["--set", "train.model=gn_cnn_small"]
+    argv += ["--model", "gn_cnn_small"]
     assert main([*argv, "--run-id", "pl", "--clipping", "per-layer", "--pipeline-stages", "2"]) == 0
     assert "per-stage clipping: 2 stage(s)" in capsys.readouterr().err
     cfg = (tmp_path / "pl" / "config.yaml").read_text()
     assert "clipping: per-layer" in cfg and "pipeline_stages: 2" in cfg
+    assert "model: gn_cnn_small" in cfg
+    assert main([*argv[:-1], "no_such_model", "--run-id", "nm"]) == 2
+    assert "available models: attenuation, gn_cnn_small" in capsys.readouterr().err
     # stages without per-layer clipping, or more stages than layers: refused before training
     assert main([*argv, "--run-id", "bad", "--pipeline-stages", "2"]) == 2
     assert "add --clipping per-layer" in capsys.readouterr().err

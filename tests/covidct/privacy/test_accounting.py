@@ -255,3 +255,14 @@ def test_usable_noise_passes_and_absurd_noise_names_the_right_knobs() -> None:
     assert "smaller expected batch size" in message and "about 12.5 units per step" in message
     with pytest.raises(PrivacyRequestError, match="inf"):
         check_noise_is_usable(math.inf, target_epsilon=1.0)
+
+
+def test_a_large_sigma_shared_by_many_units_per_step_is_usable() -> None:
+    """Full-batch DP-GD at epsilon 1 over 400 steps needs sigma ~70 for 420 patients: the
+    averaged update's noise is 70 / 420 = 0.17 of C per coordinate, usable; the same sigma at
+    64 units per step (1.1 of C) is not."""
+    check_noise_is_usable(70.0, target_epsilon=1.0, sampling_rate=1.0, epochs=400, n_units=420)
+    with pytest.raises(PrivacyRequestError, match=r"sigma / \(q N\) = 1.09"):
+        check_noise_is_usable(70.0, target_epsilon=1.0, sampling_rate=0.1, epochs=40, n_units=640)
+    with pytest.raises(PrivacyRequestError, match=r"= 0\.476 of the clip norm"):
+        check_noise_is_usable(200.0, target_epsilon=0.3, sampling_rate=1.0, epochs=400, n_units=420)
