@@ -39,9 +39,10 @@ def build_variant(name: str, size: int, batch: int, model_name: str) -> tuple[An
 
     from covidct.devices import resolve_execution
     from covidct.models import build_model
-    from covidct.privacy.mechanism import DPGradient, DPSettings
+    from covidct.privacy.mechanism import DPSettings
     from covidct.privacy.modes import ClippingMode, ExecutionMode
     from covidct.privacy.secret import RunSecret
+    from covidct.privacy.step import DPGradient
     from covidct.tfsetup import keras, tf
 
     rng = np.random.default_rng(0)

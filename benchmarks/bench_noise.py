@@ -36,9 +36,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
 
     from covidct.devices import resolve_execution
     from covidct.models import build_model
-    from covidct.privacy.mechanism import DPGradient, DPSettings, noisy_mean
+    from covidct.privacy.mechanism import DPSettings, noisy_mean
     from covidct.privacy.modes import ExecutionMode
     from covidct.privacy.secret import NOISE_DRAWS, RunSecret
+    from covidct.privacy.step import DPGradient
     from covidct.tfsetup import keras, tf
 
     model = build_model(args.model, input_size=args.size, seed=0)

@@ -7,7 +7,7 @@ independently, whichever worker holds it. The sample is then split deterministic
 the ``R`` replicas of the whole cluster (``partition``); a worker loads only the units of its own
 replicas. Every replica gets the same number of fixed-shape chunks (padded with ``present = 0``),
 so the replicas run the same graph the same number of times. The clipped sums of all replicas are
-all-reduced and noised once (``covidct.privacy.mechanism.DPGradient``).
+all-reduced and noised once (``covidct.privacy.step.DPGradient``).
 
 Multi-worker training reads the cluster from ``TF_CONFIG`` (TensorFlow's convention);
 ``set_tf_config`` writes it from ``host:port,host:port`` and a worker index.

@@ -49,7 +49,8 @@ def build_step(
     job: Job, device: Any, model: Any, secret: Any, execution: ExecutionMode
 ) -> tuple[Any, Any]:
     """The optimizer and the DP step that executes the plan (``mechanism.DPStep``)."""
-    from covidct.privacy.mechanism import DPGradient, DPSettings, DPStep
+    from covidct.privacy.mechanism import DPSettings, DPStep
+    from covidct.privacy.step import DPGradient
     from covidct.tfsetup import keras
 
     config, plan, say = job.config, job.plan, job.say

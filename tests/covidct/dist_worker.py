@@ -52,7 +52,8 @@ def run(device: Any = None) -> dict[str, np.ndarray]:
     """Per execution mode: the update of one step with clipping (noise off, then on), the
     global units/loss/clipped sum read before applying, and a pure-noise update."""
     from covidct.distributed import replica_chunks
-    from covidct.privacy.mechanism import DPGradient, DPSettings, ExecutionMode
+    from covidct.privacy.mechanism import DPSettings, ExecutionMode
+    from covidct.privacy.step import DPGradient
     from covidct.tfsetup import keras, tf
     from tests.covidct.keys import known_secret
 

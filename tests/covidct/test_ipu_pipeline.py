@@ -28,9 +28,10 @@ from covidct.ipu.pipeline import (
     stage_functions,
 )
 from covidct.models import build_model
-from covidct.privacy.mechanism import DPGradient, DPSettings, unit_losses
+from covidct.privacy.mechanism import DPSettings, unit_losses
 from covidct.privacy.modes import ClippingMode, ExecutionMode, UnitLoss
 from covidct.privacy.stages import stage_groups
+from covidct.privacy.step import DPGradient
 from covidct.tfsetup import keras, tf
 from tests.covidct.keys import known_secret
 

@@ -7,11 +7,11 @@ import pytest
 
 from covidct.privacy.mechanism import (
     ClippingMode,
-    DPGradient,
     DPSettings,
     ExecutionMode,
     group_clip_norms,
 )
+from covidct.privacy.step import DPGradient
 from covidct.tfsetup import keras, tf
 from tests.covidct.keys import known_secret
 

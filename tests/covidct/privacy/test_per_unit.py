@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from covidct.models import build_model
-from covidct.privacy.mechanism import DPGradient, DPSettings, ExecutionMode, unit_losses
+from covidct.privacy.mechanism import DPSettings, ExecutionMode, unit_losses
 from covidct.privacy.modes import UnitLoss
 from covidct.privacy.per_unit import LayerwisePerUnit, unsupported_reason
+from covidct.privacy.step import DPGradient
 from covidct.tfsetup import keras, tf
 from tests.covidct.keys import known_secret
 

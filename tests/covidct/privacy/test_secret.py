@@ -22,8 +22,9 @@ from scipy import stats
 from covidct import checkpoint
 from covidct.cli import main
 from covidct.data.units import PoissonSampler, ShuffledSampler
-from covidct.privacy.mechanism import DPGradient, DPSettings, ExecutionMode, gaussian_noise
+from covidct.privacy.mechanism import DPSettings, ExecutionMode, gaussian_noise
 from covidct.privacy.secret import KEY_BYTES, RunSecret, SecretKeyError
+from covidct.privacy.step import DPGradient
 from covidct.tfsetup import keras, tf
 from tests.covidct.keys import known_secret
 

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from covidct.models import build_model
-from covidct.privacy.mechanism import DPGradient, DPSettings, group_clip_norms
+from covidct.privacy.mechanism import DPSettings, group_clip_norms
 from covidct.privacy.modes import ClippingMode, ExecutionMode
 from covidct.privacy.stages import StageError, stage_groups
+from covidct.privacy.step import DPGradient
 from covidct.tfsetup import keras
 from tests.covidct.keys import known_secret
 
