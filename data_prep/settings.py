@@ -6,11 +6,20 @@ how a preparation runs (``PrepConfig``). Every ingestion module imports them fro
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from typing import Any
 
-__all__ = ["CROPS", "PrepConfig", "SliceSettings"]
+__all__ = ["CROPS", "Crop", "PrepConfig", "SliceSettings"]
 
-CROPS = ("none", "lungs")
+
+class Crop(StrEnum):
+    """``prepare.slices.crop``: the whole field of view, or a square around the lungs."""
+
+    NONE = "none"
+    LUNGS = "lungs"
+
+
+CROPS = tuple(c.value for c in Crop)
 
 
 @dataclass(frozen=True)
@@ -27,7 +36,7 @@ class SliceSettings:
     # the whole field of view. It did not speed learning on the demo cohort (learnability.py,
     # with masking: validation AUC 0.75 against 0.84 after 150 steps, one seed each).
     # Prepared folders from before this setting existed were made with "none".
-    crop: str = "none"
+    crop: Crop = Crop.NONE
     # True: everything outside the lung field (body wall, bone, heart, mediastinum, table)
     # becomes air, so a model sees the lungs and what lies in them (slicing.lung_field). The
     # default model's attenuation features need it: unmasked, the body wall's edges fill their
@@ -37,15 +46,17 @@ class SliceSettings:
     def __post_init__(self) -> None:
         if self.crop not in CROPS:
             raise ValueError(f"slices.crop must be one of {', '.join(CROPS)}, got {self.crop!r}")
+        object.__setattr__(self, "crop", Crop(self.crop))  # a recorded "lungs" is Crop.LUNGS
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """JSON-ready: the crop as its value."""
+        return {**asdict(self), "crop": self.crop.value}
 
     @classmethod
     def from_recorded(cls, recorded: dict[str, Any]) -> SliceSettings:
         """The settings a ``dataset.json`` or ``run.json`` records. Settings added later take
         the value older folders were made with (``RECORDED_BEFORE``), not today's default."""
-        return cls(**{**asdict(cls()), **RECORDED_BEFORE, **recorded})
+        return cls(**{**cls().as_dict(), **RECORDED_BEFORE, **recorded})
 
 
 # what folders prepared before a setting existed were made with (its default then)

@@ -20,7 +20,7 @@ from data_prep.intensity import gray8_to_unit, to_uint8, window
 from data_prep.readers.dicom import read_series
 from data_prep.readers.images import read_image
 from data_prep.readers.nifti import read_nifti
-from data_prep.settings import SliceSettings
+from data_prep.settings import Crop, SliceSettings
 from data_prep.slicing import (
     AIR_HU,
     LUNG_THRESHOLD_HU,
@@ -94,7 +94,7 @@ def hu_volume_slices(vol: Volume, settings: SliceSettings) -> HuSlices:
             )
         start, stop = rng
     hu = vol.array[start:stop]
-    box = hu_lung_box(hu, vol.spacing) if settings.crop == "lungs" else None
+    box = hu_lung_box(hu, vol.spacing) if settings.crop is Crop.LUNGS else None
     if box is not None:
         hu = crop_to_box(hu, box, fill=AIR_HU)
     unit = window(hu, level=settings.window_level, width=settings.window_width)
@@ -112,7 +112,7 @@ def hu_volume_slices(vol: Volume, settings: SliceSettings) -> HuSlices:
 def image_slice(vol: Volume, settings: SliceSettings) -> np.ndarray:
     """The training slice of one 8-bit slice image (cropped, resized, uint8, (size, size))."""
     gray = vol.array
-    if settings.crop == "lungs":
+    if settings.crop is Crop.LUNGS:
         box = gray_lung_box(gray[0])
         if box is not None:  # the outside is filled with the image's darkest value (air)
             gray = crop_to_box(gray, box, fill=float(gray.min()))

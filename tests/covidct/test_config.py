@@ -48,8 +48,14 @@ def test_enum_values_are_checked():
         load_config(None, ["synth.formats=dicomish"])
 
 
-def test_a_settings_own_check_is_a_config_error_naming_it():
-    with pytest.raises(ConfigError, match=r"prepare\.slices: slices\.crop must be one of"):
+def test_the_crop_is_one_of_its_choices_from_a_file_or_from_code():
+    from data_prep.settings import Crop, SliceSettings
+
+    bad = r"prepare\.slices\.crop: 'body' is not one of none, lungs"
+    with pytest.raises(ConfigError, match=bad):
         load_config(None, ["prepare.slices.crop=body"])
     cfg = load_config(None, ["prepare.slices.crop=lungs", "prepare.slices.mask_outside_lungs=true"])
-    assert cfg.prepare.slices.crop == "lungs" and cfg.prepare.slices.mask_outside_lungs
+    assert cfg.prepare.slices.crop is Crop.LUNGS and cfg.prepare.slices.mask_outside_lungs
+    with pytest.raises(ValueError, match=r"slices\.crop must be one of none, lungs"):
+        SliceSettings(crop="body")  # type: ignore[arg-type]
+    assert SliceSettings(crop="lungs").as_dict()["crop"] == "lungs"  # type: ignore[arg-type]
