@@ -33,7 +33,7 @@ from data_prep.isolation import run_isolated
 from data_prep.labels import read_label_csv
 from data_prep.readers.dicom import DicomHeader
 from data_prep.settings import PrepConfig, SliceSettings
-from data_prep.worker import process_job
+from data_prep.worker import Outcome, process_job
 
 logger = logging.getLogger(__name__)
 
@@ -216,9 +216,7 @@ def _run_jobs(
                 workers=workers,
                 timeout=config.job_timeout_s,
                 is_done=lambda key: _record_path(out_dir, key).exists(),
-                give_up=lambda job, key, why: _save_record(
-                    out_dir, job, key, {"status": "skipped", "reason": why, "file_skips": []}
-                ),
+                give_up=lambda job, key, why: _save_record(out_dir, job, key, Outcome.skipped(why)),
                 finish=finish,
                 initializer=quiet_decoders,
             )
@@ -231,8 +229,8 @@ def _run_jobs(
 def _process_and_save(
     job: Job, key: str, *, settings: SliceSettings, out_dir: Path, pseudonymizer: Pseudonymizer
 ) -> None:
-    record = process_job(job, settings=settings, out_dir=out_dir, pseudonymizer=pseudonymizer)
-    _save_record(out_dir, job, key, record)
+    outcome = process_job(job, settings=settings, out_dir=out_dir, pseudonymizer=pseudonymizer)
+    _save_record(out_dir, job, key, outcome)
 
 
 def _add_missing_unit_basis(out_dir: Path, jobs: list[Job], keys: list[str]) -> None:
@@ -254,15 +252,16 @@ def _record_path(out_dir: Path, key: str) -> Path:
     return out_dir / ".state" / "jobs" / f"{key}.json"
 
 
-def _save_record(out_dir: Path, job: Job, key: str, record: dict[str, Any]) -> None:
+def _save_record(out_dir: Path, job: Job, key: str, outcome: Outcome) -> None:
     # private side first: a public record always has its private mapping
     private = {
         "kind": job.kind,
         "sources": list(job.sources),
-        "patient_key": record.pop("_private_patient_key", job.patient_key),
+        "patient_key": outcome.patient_key or job.patient_key,
         "study_key": job.study_key,
     }
     atomic_write_json(out_dir / "private" / "jobs" / f"{key}.json", private)
+    record = dict(outcome.record)
     record["job"] = key
     record["input_ref"] = ps_ref(key)
     atomic_write_json(_record_path(out_dir, key), record)

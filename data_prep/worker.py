@@ -50,31 +50,47 @@ class HuSlices:
         return hu if self.box is None else crop_to_box(hu, self.box, fill=AIR_HU)
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """What preparing one scan gives, public and private apart.
+
+    Attributes:
+        record: the public record (``.state/jobs``, read by ``assemble``): ``status`` "ok" with
+            pseudonyms, slice geometry and flags, or "skipped" with a reason; ``file_skips``
+            lists (source index, reason) for images that were left out. No identifier.
+        patient_key: the identifier the patient pseudonym was made from (a DICOM PatientID,
+            a file name...); written only under ``private/``. None for a skipped scan.
+    """
+
+    record: dict[str, Any]
+    patient_key: str | None = None
+
+    @classmethod
+    def skipped(cls, reason: str) -> Outcome:
+        return cls({"status": "skipped", "reason": reason, "file_skips": []})
+
+
 def process_job(
     job: Job, *, settings: SliceSettings, out_dir: Path, pseudonymizer: Pseudonymizer
-) -> dict[str, Any]:
-    """Prepare one scan and write ``slices/<volume_id>.npy`` atomically.
-
-    Returns:
-        A record: ``status`` "ok" with pseudonyms, slice geometry and flags, or "skipped" with a
-        reason.  ``file_skips`` lists (source index, reason) for images that were left out.
-    """
+) -> Outcome:
+    """Prepare one scan and write ``slices/<volume_id>.npy`` atomically."""
     try:
         if job.kind == JobKind.IMAGES:
             return _process_images(job, settings, out_dir, pseudonymizer)
         return _process_hu(job, settings, out_dir, pseudonymizer)
     except InputError as exc:
-        return {"status": "skipped", "reason": str(exc), "file_skips": []}
+        return Outcome.skipped(str(exc))
     except MemoryError:
-        return {"status": "skipped", "reason": "scan too large for memory", "file_skips": []}
+        return Outcome.skipped("scan too large for memory")
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as exc:  # noqa: BLE001
         # a third-party decoder's own failure on a corrupt file (pyo3 panics derive from
         # BaseException): one input is reported, the batch goes on
         detail = " ".join(str(exc).split())[:200]
-        reason = f"a decoder failed on it ({type(exc).__name__}: {detail}); it was left out"
-        return {"status": "skipped", "reason": reason, "file_skips": []}
+        return Outcome.skipped(
+            f"a decoder failed on it ({type(exc).__name__}: {detail}); it was left out"
+        )
 
 
 def hu_volume_slices(vol: Volume, settings: SliceSettings) -> HuSlices:
@@ -122,9 +138,7 @@ def image_slice(vol: Volume, settings: SliceSettings) -> np.ndarray:
     return out
 
 
-def _process_hu(
-    job: Job, settings: SliceSettings, out_dir: Path, ps: Pseudonymizer
-) -> dict[str, Any]:
+def _process_hu(job: Job, settings: SliceSettings, out_dir: Path, ps: Pseudonymizer) -> Outcome:
     if job.kind == JobKind.DICOM:
         vol = read_series(job.headers)
     else:
@@ -139,7 +153,7 @@ def _process_hu(
     patient_key = job.patient_key or vol.patient_key
     volume_id = ps.volume(f"{job.kind}:{job.series_key}")
     atomic_save_npy(out_dir / "slices" / f"{volume_id}.npy", slices)
-    return {
+    record = {
         "status": "ok",
         "kind": vol.kind.value,
         "volume_id": volume_id,
@@ -154,13 +168,11 @@ def _process_hu(
         "flags": vol.flags,
         "file_skips": [],
         "unit_basis": job.unit_basis.value,
-        "_private_patient_key": patient_key,
     }
+    return Outcome(record, patient_key)
 
 
-def _process_images(
-    job: Job, settings: SliceSettings, out_dir: Path, ps: Pseudonymizer
-) -> dict[str, Any]:
+def _process_images(job: Job, settings: SliceSettings, out_dir: Path, ps: Pseudonymizer) -> Outcome:
     unit_slices: list[np.ndarray] = []
     used: list[int] = []
     flags: list[str] = []
@@ -182,7 +194,7 @@ def _process_images(
     slices = np.stack(unit_slices)
     volume_id = ps.volume(f"{job.kind}:{job.series_key}")
     atomic_save_npy(out_dir / "slices" / f"{volume_id}.npy", slices)
-    return {
+    record = {
         "status": "ok",
         "kind": "gray8",
         "volume_id": volume_id,
@@ -197,8 +209,8 @@ def _process_images(
         "flags": flags,
         "file_skips": bad,
         "unit_basis": job.unit_basis.value,
-        "_private_patient_key": job.patient_key,
     }
+    return Outcome(record, job.patient_key)
 
 
 def _finite_or_none(x: float) -> float | None:
