@@ -21,6 +21,7 @@ __all__ = [
     "ScanResult",
     "curves_rows",
     "find_runs",
+    "heat_map_kind",
     "heat_overlay",
     "predict_upload",
     "runs_table",
@@ -154,8 +155,16 @@ def predict_upload(
     return ScanResult(scan, predict_scan(bundle, scan.slices), notes)
 
 
+def heat_map_kind(bundle: ModelBundle) -> str:
+    """What the heat map is, for its caption (``inference.grad_cam`` picks it by the model)."""
+    names = {layer.name for layer in bundle.model.layers}
+    if "attenuation" in names:
+        return "Per-region contributions (ground-glass blobs through the linear head)"
+    return "Grad-CAM"
+
+
 def heat_overlay(bundle: ModelBundle, result: ScanResult, index: int) -> np.ndarray:
-    """RGB uint8 image: the model's input slice with its Grad-CAM map in red, at display size."""
+    """RGB uint8 image: the model's input slice with its heat map in red, at display size."""
     from PIL import Image
 
     cam = grad_cam(bundle, result.scan.slices[index])

@@ -21,6 +21,7 @@ from app.services import (
     ScanResult,
     curves_rows,
     find_runs,
+    heat_map_kind,
     heat_overlay,
     predict_upload,
     runs_table,
@@ -303,7 +304,8 @@ def _show_result(bundle: ModelBundle, result: ScanResult) -> None:
         overlay = heat_overlay(bundle, result, index)
         right.image(
             overlay,
-            caption="Grad-CAM: regions that raised the COVID-19 score on this slice",
+            caption=f"{heat_map_kind(bundle)}: regions that raised the COVID-19 score on this "
+            "slice",
             width="stretch",
         )
     except (ValueError, CovidCTError) as exc:

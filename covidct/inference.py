@@ -66,9 +66,16 @@ class ModelBundle:
         self.cam(np.zeros((1, size, size, 1), np.float32))
 
     def cam(self, x: np.ndarray) -> np.ndarray:
-        """Grad-CAM map (size, size) of one (1, size, size, 1) slice, unnormalised."""
+        """Heat map (size, size) of one (1, size, size, 1) slice, unnormalised: the head's
+        per-region contributions for an attenuation model, else Grad-CAM."""
         if self._cam is None:
-            self._cam = _cam_function(self.model, self.settings.image_size)
+            size = self.settings.image_size
+            if "attenuation" in {layer.name for layer in self.model.layers}:
+                from covidct.features.attenuation import contribution_function
+
+                self._cam = contribution_function(self.model, size)
+            else:
+                self._cam = _cam_function(self.model, size)
         return np.asarray(self._cam(x))
 
 
@@ -163,10 +170,12 @@ def _last_feature_layer(model: Any) -> Any:
 
 
 def grad_cam(bundle: ModelBundle, slice_u8: np.ndarray) -> np.ndarray:
-    """Grad-CAM (Selvaraju et al., ICCV 2017) of the COVID logit on one slice.
+    """Where the COVID logit was raised on one slice: Grad-CAM (Selvaraju et al., ICCV 2017)
+    at the last feature map, or, for an attenuation model, each pixel's contribution through
+    the linear head (``features.attenuation.contribution_function``).
 
     Returns:
-        (size, size) float32 in [0, 1]: where the last feature map pushed the logit up.
+        (size, size) float32 in [0, 1].
     """
     cam = bundle.cam(slice_u8.astype(np.float32)[None, ..., None] / 255.0)
     top = float(cam.max())

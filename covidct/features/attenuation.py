@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 from covidct.features.transform import Window
 from covidct.tfsetup import keras, tf
 
-__all__ = ["AttenuationMaps", "AttenuationPool", "AttenuationSpec"]
+__all__ = ["AttenuationMaps", "AttenuationPool", "AttenuationSpec", "contribution_function"]
 
 # softness of the level thresholds (box-mean units)
 _LEVEL_SOFTNESS = 0.05
@@ -206,19 +206,32 @@ class AttenuationPool(keras.layers.Layer):  # type: ignore[misc]
         self.levels = tuple(float(v) for v in levels)
         self.log_floor = float(log_floor)
 
-    def call(self, maps: Any) -> Any:
+    def _per_pixel(self, maps: Any) -> list[tuple[str, Any]]:
+        """Each feature before pooling: ("mean", a per-pixel map whose spatial mean it is) or
+        ("max", the map whose maximum it is), in feature order."""
         per = 1 + self.n_scales
-        out = []
+        out: list[tuple[str, Any]] = []
         for b in range(self.n_bands):
-            out.append(tf.reduce_mean(maps[..., b * per], axis=[1, 2]))
+            out.append(("mean", maps[..., b * per]))
             for s in range(1, per):
                 u = maps[..., b * per + s]
-                out.append(tf.reduce_max(u, axis=[1, 2]))
-                out += [
-                    tf.reduce_mean(tf.sigmoid((u - level) / _LEVEL_SOFTNESS), axis=[1, 2])
-                    for level in self.levels
-                ]
-        return tf.math.log(tf.stack(out, axis=-1) + self.log_floor)
+                out.append(("max", u))
+                out += [("mean", tf.sigmoid((u - lv) / _LEVEL_SOFTNESS)) for lv in self.levels]
+        return out
+
+    def call(self, maps: Any) -> Any:
+        pooled = [
+            tf.reduce_mean(t, axis=[1, 2]) if how == "mean" else tf.reduce_max(t, axis=[1, 2])
+            for how, t in self._per_pixel(maps)
+        ]
+        return tf.math.log(tf.stack(pooled, axis=-1) + self.log_floor)
+
+    def pixel_maps(self, maps: Any) -> Any:
+        """(B, S, S, features): for each feature that is a spatial mean, the map it averages
+        (zeros for the maxima): how much each pixel adds to each feature."""
+        return tf.stack(
+            [t if how == "mean" else tf.zeros_like(t) for how, t in self._per_pixel(maps)], -1
+        )
 
     def compute_output_shape(self, input_shape: Any) -> Any:
         return (input_shape[0], self.n_bands * (1 + self.n_scales * (1 + len(self.levels))))
@@ -231,3 +244,29 @@ class AttenuationPool(keras.layers.Layer):  # type: ignore[misc]
             "levels": list(self.levels),
             "log_floor": self.log_floor,
         }
+
+
+def contribution_function(model: Any, size: int) -> Any:
+    """A traced (1, S, S, 1) slice -> (S, S) map of how much each pixel raised the logit of a
+    saved attenuation model (the head's per-region contributions, to first order).
+
+    Most features are spatial means of per-pixel maps (``AttenuationPool.pixel_maps``), and the
+    head is linear in their standardised logarithms, so d logit / d pixel-map value is
+    w_f / (sd_f * (x_f + floor) * S^2) for feature f at this slice's value x_f; each pixel's
+    contribution is that times its map value, summed over features; the positive part is shown.
+    The maxima (one pixel each) are left out. Grad-CAM's spatially averaged gradients would
+    spread the threshold features over every vessel and edge; this keeps them on the blobs.
+    """
+    norm, dense = model.get_layer("standardise"), model.get_layer("logit")
+    pool = model.get_layer("features")
+    lower = keras.Model(model.inputs, [model.get_layer("attenuation").output, pool.output])
+    sd = tf.sqrt(tf.reshape(tf.cast(norm.variance, tf.float32), [-1]))
+    slope = tf.reshape(dense.kernel, [-1]) / sd
+
+    @tf.function(input_signature=[tf.TensorSpec([1, size, size, 1], tf.float32)])
+    def contributions(x: Any) -> Any:
+        maps, feats = lower(x, training=False)
+        coef = slope * tf.exp(-feats[0])  # d logit / d (pooled value + floor)
+        return tf.nn.relu(tf.reduce_sum(pool.pixel_maps(maps)[0] * coef, axis=-1))
+
+    return contributions

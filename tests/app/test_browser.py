@@ -105,7 +105,8 @@ def _upload_and_wait(page, files: list[dict[str, object]], shot: Path) -> None:
 
     page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(files)
     expect(page.get_by_text("Scan-level probability")).to_be_visible(timeout=90_000)
-    expect(page.get_by_text("Grad-CAM", exact=False).first).to_be_visible(timeout=60_000)
+    heat = page.get_by_text("raised the COVID-19 score", exact=False).first
+    expect(heat).to_be_visible(timeout=60_000)
     images = page.locator('[data-testid="stImage"] img')
     expect(images).to_have_count(2, timeout=60_000)  # the slice and its heat map
     for i in range(2):

@@ -140,3 +140,39 @@ def test_the_saved_model_on_slices_equals_the_head_on_cached_features(
     loaded = keras.models.load_model(tmp_path / "m.keras", compile=False)
     np.testing.assert_allclose(loaded(slices.inputs(refs)).numpy(), on_features, atol=1e-3)
     assert loaded.count_params() == 31
+
+
+def test_the_per_region_contributions_sit_on_the_patch_not_on_vessels() -> None:
+    """The Predict page's heat map for an attenuation model: each pixel's contribution through
+    the linear head. With a head that counts ground-glass blobs as evidence, it lights the
+    patch, not thin lines of the same attenuation (Grad-CAM's averaged gradients would not)."""
+    from covidct.features.attenuation import AttenuationPool, contribution_function
+    from covidct.tfsetup import tf
+
+    rng = np.random.default_rng(4)
+    hu = _lung(rng, n=1)
+    hu[0, 20:28, 20:28] = -520  # a patch
+    hu[0, 12:36, 34] = -520  # a vessel-like line
+    x = _u8(hu).astype(np.float32)[..., None] / 255.0
+    ones = np.ones(SPEC.size, np.float32)
+    head = build_head("attenuation", mean=0 * ones, variance=ones)
+    per = 1 + len(SPEC.scales) * (1 + len(SPEC.levels))
+    weights = np.zeros((SPEC.size, 1), np.float32)
+    for s in range(len(SPEC.scales)):  # the first band's blob fractions count as evidence
+        weights[1 + s * (1 + len(SPEC.levels)) + 1 : 1 + (s + 1) * (1 + len(SPEC.levels)), 0] = 1
+    assert per == 10
+    head.get_layer("logit").set_weights([weights, np.zeros(1, np.float32)])
+    model = assemble(head, image_size=48, spec=ATTENUATION, window=DEFAULT_WINDOW)
+    heat = np.asarray(contribution_function(model, 48)(tf.constant(x)))
+    assert heat.shape == (48, 48) and heat.min() >= 0
+    patch, line = heat[21:27, 21:27].mean(), heat[14:34, 34].mean()
+    assert patch > 10 * line and patch > 10 * heat[:10, :].mean()
+
+    # the maps it weighs are the ones the features average (one layout, in AttenuationPool)
+    pool = model.get_layer("features")
+    assert isinstance(pool, AttenuationPool)
+    maps = model.get_layer("attenuation")(tf.constant(x))
+    means = np.asarray(tf.reduce_mean(pool.pixel_maps(maps), axis=[1, 2]))[0]
+    pooled = np.exp(np.asarray(pool(maps))[0]) - SPEC.log_floor
+    is_mean = means > 0
+    np.testing.assert_allclose(means[is_mean], pooled[is_mean], rtol=1e-4, atol=1e-6)
