@@ -411,7 +411,8 @@ def _print_train_result(result: RunResult) -> None:
 
 def _cmd_pretrain(args: argparse.Namespace, cfg: Config) -> int:
     from covidct.config import to_dict
-    from covidct.pretrain import pretrain, provenance_path
+    from covidct.pretrain import pretrain
+    from covidct.public_start import provenance_path
 
     progress = not args.no_progress and sys.stderr.isatty()
     say = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
@@ -666,7 +667,8 @@ def _auth_secrets(explicit: Path | None) -> tuple[Path | None, str]:
 
 
 def _cmd_audit(args: argparse.Namespace, cfg: Config) -> int:
-    from covidct.privacy.audit import audit_run, epsilon_estimate
+    from covidct.privacy.audit import epsilon_estimate
+    from covidct.training.finish import audit_run
 
     audit = audit_run(args.run)
     for a in audit["attacks"]:

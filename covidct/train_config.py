@@ -25,7 +25,7 @@ class TrainConfig:
         model: registry name (see covidct.models.available_models()). The defaults below are
             the recipe of the default model, ``attenuation`` (a fixed transform and a small head:
             full-batch DP-GD, many steps, EMA), chosen on synthetic data only
-            (benchmarks/study_scattering.py); configs/cnn.yaml is the recipe of the CNNs.
+            (benchmarks/study_defaults.py); configs/cnn.yaml is the recipe of the CNNs.
         epochs: passes over the training units (an epoch = 1/q steps).
         batch_size: EXPECTED number of units per step (q = batch_size / N under Poisson);
             0 = every unit every step (q = 1: full-batch DP-GD).

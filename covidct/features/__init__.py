@@ -16,4 +16,13 @@ __all__ = [
     "FixedTransform",
     "ScatteringMaps",
     "ScatteringSpec",
+    "from_record",
 ]
+
+
+def from_record(record: dict[str, object]) -> FixedTransform:
+    """The transform a run's ``run.json`` ``features`` record describes."""
+    for cls in (ScatteringSpec, AttenuationSpec):
+        if record.get("transform") == cls.transform_id:
+            return cls.from_record(record)
+    raise ValueError(f"unknown feature transform {record.get('transform')!r}")

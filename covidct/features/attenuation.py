@@ -14,7 +14,7 @@ measures exactly that, with no learned filter:
    and the fraction of the slice whose box mean exceeds each of ``levels``. Then ``log(x + floor)``.
 
 Three overlapping 250-300 HU bands (-750/-500, -650/-350, -500/-200) at boxes of 3, 5 and 9 px
-give 30 numbers. They were chosen on synthetic style a (``benchmarks/study_scattering.py``): in
+give 30 numbers. They were chosen on synthetic style a (``benchmarks/study_defaults.py``): in
 a non-private probe on style a they separated mild disease from negatives where the scattering
 features stayed near chance (lesions of 2-5 cm cover under 1 % of a slice). They need slices
 whose outside-lung is masked to air (``prepare.slices.mask_outside_lungs``): otherwise the body

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from covidct.tfsetup import keras, tf
 
-__all__ = ["FixedTransform", "Window", "compute_features", "extractor", "from_record"]
+__all__ = ["FixedTransform", "Window", "compute_features", "extractor"]
 
 # (level, width) in HU of the lung window the slices were stored in: value / 255 = position in it
 Window = tuple[float, float]
@@ -61,17 +61,6 @@ def cache_key(spec: FixedTransform, slice_settings: dict[str, Any]) -> str:
     """A hash of ``spec.record(slice_settings)``: the cache folder's key."""
     blob = json.dumps(spec.record(slice_settings), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def from_record(record: dict[str, Any]) -> FixedTransform:
-    """The spec a run's ``run.json`` ``features`` record describes."""
-    from covidct.features.attenuation import AttenuationSpec
-    from covidct.features.scattering import ScatteringSpec
-
-    for cls in (ScatteringSpec, AttenuationSpec):
-        if record.get("transform") == cls.transform_id:
-            return cls.from_record(record)
-    raise ValueError(f"unknown feature transform {record.get('transform')!r}")
 
 
 def extractor(image_size: int, spec: FixedTransform, window: Window) -> keras.Model:

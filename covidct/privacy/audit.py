@@ -41,8 +41,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -417,31 +416,3 @@ def audit_model(
     return audit_predictions(
         members, others, theoretical_epsilon=report.epsilon, delta=report.delta
     )
-
-
-def audit_run(run_dir: Path) -> dict[str, Any]:
-    """Re-run the audit of a finished run (``covidct audit RUN``); rewrites audit.json and the
-    privacy report. The prepared dataset must still be where the run recorded it."""
-    from covidct.data.units import DataError, PrivacyUnit, SliceStore, load_units
-    from covidct.evaluate import predict
-    from covidct.privacy.report import read_report, write_report
-    from covidct.runs import Run
-
-    run = Run(run_dir)
-    if not run.is_finished:
-        raise DataError(f"{run_dir} is not a finished run (no {Run.META}): train it first")
-    meta = run.meta()
-    prep = Path(meta["prep"])
-    unit = PrivacyUnit(meta.get("privacy_unit", PrivacyUnit.PATIENT.value))
-    train_units = load_units(prep, "train", unit)
-    store = SliceStore(prep)
-    model = run.load_model()
-    held_out = [
-        predict(model, load_units(prep, split, PrivacyUnit.PATIENT), store)
-        for split in ("validation", "test")
-    ]
-    report = read_report(run_dir)
-    audit = audit_model(model, train_units, store, held_out, report)
-    run.write_json(Run.AUDIT, audit)
-    write_report(replace(report, audit=audit), run_dir)
-    return audit

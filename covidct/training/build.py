@@ -11,8 +11,8 @@ import numpy as np
 
 from covidct import checkpoint
 from covidct.data.units import DataError, SliceStore, image_size
-from covidct.pretrain import PublicStart, load_start
 from covidct.privacy.modes import ExecutionMode, PerLayerSplit
+from covidct.public_start import PublicStart, load_start
 from covidct.train_config import OptimizerName, TrainConfig
 from covidct.training.checks import pipeline_stage_groups
 from covidct.training.job import Job

@@ -13,11 +13,11 @@ from typing import Any
 from covidct import checkpoint
 from covidct.data.units import PrivacyUnit, Units, image_size, slice_settings
 from covidct.evaluate import predict, split_metrics
-from covidct.pretrain import PublicStart
 from covidct.privacy import ledger
 from covidct.privacy.audit import audit_model
 from covidct.privacy.plan import PrivacyPlan
 from covidct.privacy.statements import tf_privacy_statement
+from covidct.public_start import PublicStart
 from covidct.runs import Run, write_json
 from covidct.train_config import TrainConfig
 from covidct.training.job import Job, RunResult
@@ -249,3 +249,29 @@ def max_units_per_patient(units: Units) -> int:
     for p in units.patients:
         counts[p] = counts.get(p, 0) + 1
     return max(counts.values())
+
+
+def audit_run(run_dir: Path) -> dict[str, Any]:
+    """Re-run the audit of a finished run (``covidct audit RUN``); rewrites audit.json and the
+    privacy report. The prepared dataset must still be where the run recorded it."""
+    from covidct.data.units import DataError, SliceStore, load_units
+    from covidct.privacy.report import read_report, write_report
+
+    run = Run(run_dir)
+    if not run.is_finished:
+        raise DataError(f"{run_dir} is not a finished run (no {Run.META}): train it first")
+    meta = run.meta()
+    prep = Path(meta["prep"])
+    unit = PrivacyUnit(meta.get("privacy_unit", PrivacyUnit.PATIENT.value))
+    train_units = load_units(prep, "train", unit)
+    store = SliceStore(prep)
+    model = run.load_model()
+    held_out = [
+        predict(model, load_units(prep, split, PrivacyUnit.PATIENT), store)
+        for split in ("validation", "test")
+    ]
+    report = read_report(run_dir)
+    audit = audit_model(model, train_units, store, held_out, report)
+    run.write_json(Run.AUDIT, audit)
+    write_report(replace(report, audit=audit), run_dir)
+    return audit

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from covidct.data.units import Units
-from covidct.pretrain import PublicStart
 from covidct.privacy.plan import PrivacyPlan
+from covidct.public_start import PublicStart
 from covidct.train_config import TrainConfig
 from covidct.training.checks import pipeline_ipus
 

@@ -17,8 +17,8 @@ import pytest
 from covidct.cli import main
 from covidct.config import ConfigError
 from covidct.data.units import DataError
-from covidct.pretrain import provenance_path
 from covidct.privacy.ledger import read_ledger
+from covidct.public_start import provenance_path
 from covidct.train import train
 from covidct.train_config import TrainConfig
 from data_prep.pipeline import PrepConfig, prepare

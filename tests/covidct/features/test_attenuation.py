@@ -12,9 +12,10 @@ import pytest
 from scipy.ndimage import uniform_filter
 
 from covidct.data.units import PrivacyUnit, SliceStore, load_units
+from covidct.features import from_record
 from covidct.features.attenuation import AttenuationSpec
 from covidct.features.cache import FeatureStore, ensure_features, feature_stats
-from covidct.features.transform import cache_key, compute_features, from_record
+from covidct.features.transform import cache_key, compute_features
 from covidct.models import ATTENUATION, DEFAULT_WINDOW, assemble, build_head
 
 SPEC = AttenuationSpec()

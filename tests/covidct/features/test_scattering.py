@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from covidct.data.units import DataError, PrivacyUnit, SliceStore, load_units
+from covidct.features import from_record
 from covidct.features.cache import FeatureStore, cache_folder, ensure_features, feature_stats
 from covidct.features.scattering import ScatteringMaps, ScatteringSpec
-from covidct.features.transform import cache_key, compute_features, from_record
+from covidct.features.transform import cache_key, compute_features
 from covidct.models import DEFAULT_WINDOW, SCATTERING, assemble, build_head
 
 SPEC = ScatteringSpec(j=2, angles=8, grid=2)

@@ -11,7 +11,7 @@ Reported per epsilon: the test patient AUC (mean and per split), the mild-diseas
 test AUC (severe patients left out; from synth's truth.csv), and the seconds of each run (the
 first run of a split includes computing the features; the others reuse the cache).
 
-    .venv/bin/python benchmarks/study_scattering.py --style b --patients 600 --slices 16 \\
+    .venv/bin/python benchmarks/study_defaults.py --style b --patients 600 --slices 16 \\
         --matrix 128 --seed 11 --work /tmp/study_b
 
 Every run goes through the CLI, as a user's would; ``--train-set`` adds ``--set`` overrides to
@@ -58,8 +58,8 @@ def _test_scores(run: Path, prep: Path) -> tuple[list[str], np.ndarray, np.ndarr
     import covidct.features  # noqa: F401
     from covidct.data.units import PrivacyUnit, load_units
     from covidct.evaluate import PatientScore, predict
+    from covidct.features import from_record
     from covidct.features.cache import FeatureStore
-    from covidct.features.transform import from_record
     from covidct.models import build_head
     from covidct.tfsetup import keras
 
