@@ -23,14 +23,9 @@ import numpy as np
 
 from data_prep.errors import InputError
 from data_prep.intensity import to_uint8, window
-from data_prep.readers.dicom import (
-    DicomHeader,
-    probe_file,
-    read_series,
-    select_series,
-)
+from data_prep.readers import DicomSeries, NiftiFile, read_scan
+from data_prep.readers.dicom import DicomHeader, probe_file, select_series
 from data_prep.readers.images import IMAGE_SUFFIXES, read_image
-from data_prep.readers.nifti import read_nifti
 from data_prep.settings import SliceSettings
 from data_prep.volume import Volume
 from data_prep.worker import hu_volume_slices, image_slice
@@ -236,7 +231,7 @@ def _nifti_scan(
         raise UploadError(f"{len(niftis)} NIfTI files uploaded: upload one volume at a time")
     name, data = niftis[0]
     # the name only tells the reader the extension: with ``data`` nothing touches the disk
-    vol = read_nifti(Path(name), data=data, max_bytes=limits.max_volume_bytes)
+    vol = read_scan(NiftiFile(Path(name), data=data, max_bytes=limits.max_volume_bytes))
     return _hu_scan(vol, "NIfTI volume", settings, skipped)
 
 
@@ -283,7 +278,7 @@ def _dicom_scan(
     # one scan per upload: the largest chosen series of any study in it
     best = max(choices, key=lambda c: (len(c.headers), c.chosen))
     n_series = len(rejected_series) + sum(len(c.series) for c in choices)
-    vol = read_series(best.headers)
+    vol = read_scan(DicomSeries(best.headers))
     what = "DICOM CT series"
     if n_series > 1:
         what += f" (the largest axial CT series of {n_series} in the upload)"

@@ -17,9 +17,8 @@ from data_prep.deid import Pseudonymizer
 from data_prep.discover import Job, JobKind
 from data_prep.errors import InputError
 from data_prep.intensity import gray8_to_unit, to_uint8, window
-from data_prep.readers.dicom import read_series
+from data_prep.readers import DicomSeries, NiftiFile, read_scan
 from data_prep.readers.images import read_image
-from data_prep.readers.nifti import read_nifti
 from data_prep.settings import Crop, SliceSettings
 from data_prep.slicing import (
     AIR_HU,
@@ -139,10 +138,12 @@ def image_slice(vol: Volume, settings: SliceSettings) -> np.ndarray:
 
 
 def _process_hu(job: Job, settings: SliceSettings, out_dir: Path, ps: Pseudonymizer) -> Outcome:
-    if job.kind == JobKind.DICOM:
-        vol = read_series(job.headers)
-    else:
-        vol = read_nifti(Path(job.sources[0]), label=job.folder_label)
+    source = (
+        DicomSeries(job.headers)
+        if job.kind == JobKind.DICOM
+        else NiftiFile(Path(job.sources[0]), label=job.folder_label)
+    )
+    vol = read_scan(source)
     made = hu_volume_slices(vol, settings)
     slices, start, stop = made.slices, made.start, made.stop
     positions: list[float | None] = (
