@@ -111,8 +111,10 @@ class DPGradient:
         )
         self._reset_fn = tf.function(self._reset_graph, jit_compile=jit_compile)
         self._result_fn = tf.function(self._result_graph)
-        self._apply_fns: dict[int, Callable[[tf.Tensor], None]] = {}
-        self._fused_fns: dict[int, Callable[..., object]] = {}
+        # the traced update and fused last-chunk-and-update graphs, for the optimizer they were
+        # traced with (held: an id() key could be reused by another optimizer after this one
+        # is freed, and its graph would then update the wrong optimizer's slots)
+        self._graphs: dict[str, tuple[keras.optimizers.Optimizer, Callable[..., object]]] = {}
         self._clean = False  # True when the sums are known to be zero (reset can be skipped)
 
     @property
@@ -207,13 +209,22 @@ class DPGradient:
 
     def apply(self, optimizer: keras.optimizers.Optimizer, *, step: int) -> None:
         """``optimizer.apply_gradients(result(step))`` as one compiled graph (no eager ops)."""
-        fn = self._apply_fns.get(id(optimizer))
-        if fn is None:
-            fn = self._apply_fns[id(optimizer)] = tf.function(
-                functools.partial(self._apply_graph, optimizer), jit_compile=self._jit
-            )
+        fn = self._graph("apply", optimizer)
         self._run(fn, self._noise_seed(step))
         self._clean = True
+
+    def _graph(self, which: str, optimizer: keras.optimizers.Optimizer) -> Callable[..., object]:
+        """The traced ``apply`` or ``fused`` graph for ``optimizer`` (traced again for another)."""
+        held = self._graphs.get(which)
+        if held is None or held[0] is not optimizer:
+            body = self._apply_graph if which == "apply" else self._fused_graph
+            fn = tf.function(
+                functools.partial(body, optimizer),
+                reduce_retracing=which == "fused",
+                jit_compile=self._jit,
+            )
+            held = self._graphs[which] = (optimizer, fn)
+        return held[1]
 
     def run_batch(
         self,
@@ -242,13 +253,7 @@ class DPGradient:
             last = chunks
         if last is not None and self.num_replicas == 1:
             ((x, mask, y, present),) = last.values()
-            fn = self._fused_fns.get(id(optimizer))
-            if fn is None:
-                fn = self._fused_fns[id(optimizer)] = tf.function(
-                    functools.partial(self._fused_graph, optimizer),
-                    reduce_retracing=True,
-                    jit_compile=self._jit,
-                )
+            fn = self._graph("fused", optimizer)
             self._clean = False
             out = self._run(fn, *_float_tensors(x, mask, y, present), self._noise_seed(step))
             self._clean = True

@@ -370,3 +370,18 @@ def test_dpgradient_is_a_dp_step():
     mode = ExecutionMode.NANOBATCH
     dp = DPGradient(tiny_model(), settings=settings, mode=mode, secret=known_secret(0))
     assert isinstance(dp, DPStep)
+
+
+def test_a_second_optimizer_gets_its_own_update_graph():
+    """The traced update is tied to the optimizer it was traced with: a step with another
+    optimizer updates that one, and the first is left alone."""
+    model = tiny_model()
+    settings = DPSettings(clip_norm=1.0, noise_multiplier=0.0, expected_batch_size=5.0)
+    dp = DPGradient(model, settings=settings, mode=ExecutionMode.NANOBATCH, secret=known_secret(2))
+    first, second = keras.optimizers.SGD(0.1), keras.optimizers.SGD(0.1, momentum=0.9)
+    for opt in (first, second):
+        opt.build(model.trainable_variables)
+    dp.run_batch([{0: unit_batch()}], first, step=0)
+    dp.run_batch([{0: unit_batch(seed=1)}], second, step=1)
+    dp.apply(second, step=2)
+    assert int(first.iterations) == 1 and int(second.iterations) == 2
