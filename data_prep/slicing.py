@@ -155,10 +155,8 @@ def lung_field(image: np.ndarray, threshold: float) -> np.ndarray:
     as a bite in the lung's outline: on positive phantoms at 96 px the field keeps 89% of lesion
     pixels with mild disease, 65% with severe disease, and 92-96% of lung pixels.
 
-    Chosen by measurement (benchmarks/learnability.py, demo cohort, 200 non-private steps,
-    validation patient AUC over seeds 0/1/2): this field 0.87/0.83/0.84; each lung's convex hull
-    widened by size/48 px, which keeps 94% of lesion pixels but also much of the heart,
-    0.79/0.71/0.70; no mask 0.49 after 150 steps.
+    Chosen over each lung's convex hull (which keeps more lesion but also much of the heart) by
+    ``benchmarks/learnability.py``; its figures are in the README (section 2).
     """
     close = max(1, image.shape[-1] // 21)
     # padded so that the closing's erosion does not eat lungs near the image edge

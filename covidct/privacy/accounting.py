@@ -386,8 +386,8 @@ def calibrate_noise(
         )
 
     if accountant is Accountant.PLD:
-        # PLD evaluations cost ~1 s at small sigma, RDP ones ~0.05 s. RDP over-estimates epsilon,
-        # so the RDP sigma is (slightly) above the PLD one: start there, step down by 10 %.
+        # PLD evaluations are far slower than RDP ones, and RDP over-estimates epsilon, so the
+        # RDP sigma is (slightly) above the PLD one: start there, step down by 10 %.
         guess = calibrate_noise(
             target_epsilon=target_epsilon, sampling_rate=sampling_rate, steps=steps, delta=delta
         )

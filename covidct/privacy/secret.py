@@ -37,7 +37,7 @@ import numpy as np
 
 __all__ = ["GENERATOR", "KEY_BYTES", "NOISE_DRAWS", "RunSecret", "SecretKeyError"]
 
-KEY_BYTES = 32  # 256 bits; the floor is 128
+KEY_BYTES = 32  # 256 bits: beyond guessing with any margin (128 bits already is)
 NOISE_DRAWS = 4  # each noise value is the sum of 4 draws of N(0, s^2), halved: N(0, s^2)
 
 GENERATOR = (

@@ -238,8 +238,7 @@ class DPGradient:
 
         With one replica the last round and ``apply`` run as ONE graph: the same arithmetic and
         the same noise as the separate calls (tested), one graph launch fewer, and the noise
-        draw may run while the backward pass does (about 1 ms of a 25 ms step at 64 px on CPU,
-        ``benchmarks/bench_dp_step.py``).
+        draw may run while the backward pass does.
 
         Returns:
             the batch's mean unit loss (noise-free: for the console only) when ``read_loss``
