@@ -88,6 +88,6 @@ def test_attenuation_refuses_slices_without_hu_and_notes_unmasked_ones(prep, tmp
     assert len(said) == 1 and "mask_outside_lungs" in said[0]
     manifest = data / "manifest.csv"
     manifest.write_text(manifest.read_text().replace(",hu,", ",gray8,"))
-    with pytest.raises(ConfigError, match="train.model=scattering"):
+    with pytest.raises(ConfigError, match=r"train\.model=scattering"):
         check_slices_fit(BASE, data, said.append)
     check_slices_fit(replace(BASE, model="scattering"), data, said.append)  # needs no HU
