@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from covidct.tfsetup import keras, tf
 
-__all__ = ["FixedTransform", "Window", "compute_features", "extractor"]
+__all__ = ["FixedTransform", "Window", "cache_key", "compute_features", "extractor", "window_of"]
 
 # (level, width) in HU of the lung window the slices were stored in: value / 255 = position in it
 Window = tuple[float, float]
