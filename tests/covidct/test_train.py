@@ -23,7 +23,7 @@ from covidct.train import train
 from covidct.train_config import OptimizerName, TrainConfig
 
 # the CNN recipe (configs/cnn.yaml) at toy scale: these tests cover the trainer on slices;
-# tests/covidct/test_train_scattering.py covers the default feature model
+# tests/covidct/models/test_fixed.py covers the default feature model
 TINY = TrainConfig(
     model="gn_cnn_small",
     epochs=2,
