@@ -1,5 +1,5 @@
 """Which engine ``make_engine`` picks; that every engine adds the same sums is tested in
-``tests/covidct/privacy/test_mechanism.py`` (against each other and tensorflow-privacy)."""
+``tests/covidct/privacy/test_step.py`` (against each other and tensorflow-privacy)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from covidct.privacy.engines.vectorized import Layerwise, VectorizedMap
 from covidct.privacy.mechanism import Clipper, DPSettings
 from covidct.privacy.modes import ExecutionMode, UnitLoss
 from covidct.tfsetup import keras
-from tests.covidct.privacy.test_mechanism import tiny_model
+from tests.covidct.privacy.test_step import tiny_model
 
 CLIP = DPSettings(clip_norm=1.0, noise_multiplier=1.0, expected_batch_size=4.0)
 NO_CLIP = DPSettings(clip_norm=None, noise_multiplier=0.0, expected_batch_size=4.0)
