@@ -157,8 +157,7 @@ def predict_upload(
 
 def heat_map_kind(bundle: ModelBundle) -> str:
     """What the heat map is, for its caption (``inference.grad_cam`` picks it by the model)."""
-    names = {layer.name for layer in bundle.model.layers}
-    if "attenuation" in names:
+    if bundle.explains_by_contributions:
         return "Per-region contributions (ground-glass blobs through the linear head)"
     return "Grad-CAM"
 

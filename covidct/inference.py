@@ -45,6 +45,12 @@ class ModelBundle:
     def name(self) -> str:
         return self.run_dir.name
 
+    @property
+    def explains_by_contributions(self) -> bool:
+        """An attenuation model: its heat map is each pixel's contribution through the linear
+        head (``features.attenuation.contribution_function``), not Grad-CAM."""
+        return "attenuation" in {layer.name for layer in self.model.layers}
+
     def logits(self, x: np.ndarray) -> np.ndarray:
         """Logits of a (n, size, size, 1) float32 batch in [0, 1], through one traced graph."""
         if self._forward is None:
@@ -70,7 +76,7 @@ class ModelBundle:
         per-region contributions for an attenuation model, else Grad-CAM."""
         if self._cam is None:
             size = self.settings.image_size
-            if "attenuation" in {layer.name for layer in self.model.layers}:
+            if self.explains_by_contributions:
                 from covidct.features.attenuation import contribution_function
 
                 self._cam = contribution_function(self.model, size)

@@ -32,6 +32,7 @@ from covidct.models.layers import Pooling
 from covidct.models.resnet import build_gn_resnet
 from covidct.models.validation import ModelValidationError, validate_model
 from covidct.tfsetup import keras
+from data_prep.settings import SliceSettings
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -70,8 +71,8 @@ class ModelSpec:
     features: FixedTransform | None = None
 
 
-# the lung window of covidct prepare's defaults (data_prep.settings.SliceSettings)
-DEFAULT_WINDOW = (-600.0, 1500.0)
+# the lung window of covidct prepare's defaults
+DEFAULT_WINDOW = (SliceSettings().window_level, SliceSettings().window_width)
 
 
 def _feature_model(*, input_size: int, seed: int, spec: FixedTransform) -> keras.Model:
