@@ -195,28 +195,36 @@ def compose_runs(
         accountant: RDP (default) or PLD.
     """
     _check_delta(delta)
-    runs = [(s, q, n) for s, q, n in runs if n > 0 and q > 0]
-    if not runs:
-        return 0.0
-    if accountant is Accountant.RDP:
-        parts = [_rdp_of_one_step(float(s), float(q)) for s, q, _ in runs]
-        if all(p is not None for p in parts):
-            orders = parts[0][0]  # type: ignore[index]
-            total = sum(n * p[1] for (_, _, n), p in zip(runs, parts, strict=True))  # type: ignore[index]
-            return float(rdp.compute_epsilon(orders, total, delta)[0])
-    events = [dp_event(noise_multiplier=s, sampling_rate=q, steps=n) for s, q, n in runs]
-    return compose_epsilon(events, delta=delta, accountant=accountant)
+    return _epsilons_composed(runs, delta=delta, accountant=accountant, each=False)[-1]
 
 
-def compose_epsilon(
-    events: list[dp_accounting.DpEvent], *, delta: float, accountant: Accountant = Accountant.RDP
-) -> float:
-    """Epsilon at ``delta`` of several DP events composed, with a fresh accountant."""
-    _check_delta(delta)
-    acc = _make_accountant(accountant)
-    for event in events:
-        acc.compose(event)
-    return float(acc.get_epsilon(delta)) if events else 0.0
+def _epsilons_composed(
+    runs: list[tuple[float, float, int]], *, delta: float, accountant: Accountant, each: bool
+) -> list[float]:
+    """THE place where an epsilon is computed: every other function of this module (one run,
+    the per-epoch curve, calibration, the remaining steps) and the ledger come here.
+
+    Returns the epsilon after all ``runs`` composed, or with ``each`` after each prefix of them
+    (one accountant composes one run at a time, so a curve costs one pass). Runs without a step
+    or with q = 0 spend nothing and are left out (with ``each``, callers pass none such).
+    """
+    kept = [(float(s), float(q), int(n)) for s, q, n in runs if n > 0 and q > 0]
+    if not kept:
+        return [0.0] * (len(runs) if each else 1)
+    out: list[float] = []
+    parts = [_rdp_of_one_step(s, q) for s, q, _ in kept] if accountant is Accountant.RDP else []
+    if parts and all(p is not None for p in parts):
+        orders, total = parts[0][0], 0.0  # type: ignore[index]
+        for (_, _, n), part in zip(kept, parts, strict=True):
+            total = total + n * part[1]  # type: ignore[index]
+            out.append(float(rdp.compute_epsilon(orders, total, delta)[0]))
+    else:
+        acc = _make_accountant(accountant)
+        for i, (s, q, n) in enumerate(kept):
+            acc.compose(dp_event(noise_multiplier=s, sampling_rate=q, steps=n))
+            if each or i == len(kept) - 1:
+                out.append(float(acc.get_epsilon(delta)))
+    return out if each else out[-1:]
 
 
 def max_steps_within(
@@ -299,22 +307,12 @@ def epsilon_per_epoch(
         return [0.0] * epochs
     if noise_multiplier == 0:
         return [math.inf] * epochs
-    if accountant is Accountant.RDP:  # one cached computation for every epoch (RDP adds up)
-        return [
-            compose_runs(
-                [(noise_multiplier, sampling_rate, (i + 1) * steps_per_epoch)], delta=delta
-            )
-            for i in range(epochs)
-        ]
-    event = dp_event(
-        noise_multiplier=noise_multiplier, sampling_rate=sampling_rate, steps=steps_per_epoch
+    return _epsilons_composed(
+        [(noise_multiplier, sampling_rate, steps_per_epoch)] * epochs,
+        delta=delta,
+        accountant=accountant,
+        each=True,
     )
-    acc = _make_accountant(accountant)
-    out: list[float] = []
-    for _ in range(epochs):
-        acc.compose(event)
-        out.append(float(acc.get_epsilon(delta)))
-    return out
 
 
 def _bracket(
