@@ -1,7 +1,8 @@
 """Assembly: per-job records (this run's and earlier runs') -> labels, split, manifest, report.
 
-Runs in the main process after the jobs.  It reads only pseudonymous records plus the private
-source map, and writes nothing identifying outside ``PREP/private/``.
+Runs in the main process after the jobs. It builds the manifest and the report from the public
+``JobRecord``s; the ``PrivateJobRecord``s serve only labels given by identifier or path and the
+maps under ``PREP/private/``. Nothing identifying is written outside ``private/``.
 """
 
 from __future__ import annotations
@@ -14,13 +15,15 @@ import os
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from data_prep.atomic import atomic_write_json, atomic_write_text
-from data_prep.deid import Pseudonymizer, UnitBasis
+from data_prep.deid import Pseudonymizer
 from data_prep.discover import Discovery
 from data_prep.labels import LabelTable
 from data_prep.manifest import SliceRow, assign_splits, write_manifest
+from data_prep.prepared import PrepFolder
+from data_prep.records import JobRecord, PrivateJobRecord
 from data_prep.settings import PrepConfig
 
 logger = logging.getLogger(__name__)
@@ -55,11 +58,20 @@ class PrepareResult:
         return self.n_slices > 0
 
 
-def _load_json_dir(folder: Path) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
+R = TypeVar("R", JobRecord, PrivateJobRecord)
+
+
+@dataclass(frozen=True)
+class LabelledVolume:
+    record: JobRecord
+    label: int
+
+
+def _load_records(folder: Path, kind: type[R]) -> dict[str, R]:
+    out: dict[str, R] = {}
     for p in sorted(folder.glob("*.json")):
         try:
-            out[p.stem] = json.loads(p.read_text())
+            out[p.stem] = kind.from_json(json.loads(p.read_text()))
         except (OSError, ValueError):
             logger.warning("unreadable state file %s ignored (its job will be redone)", p.name)
             p.unlink(missing_ok=True)
@@ -69,8 +81,8 @@ def _load_json_dir(folder: Path) -> dict[str, dict[str, Any]]:
 def _apply_labels(
     tables: list[LabelTable],
     ps: Pseudonymizer,
-    private_jobs: dict[str, dict[str, Any]],
-    records: dict[str, dict[str, Any]],
+    private_jobs: dict[str, PrivateJobRecord],
+    records: dict[str, JobRecord],
     state: dict[str, dict[str, int]],
 ) -> list[str]:
     """Merge this run's label CSVs into the persistent (pseudonymous) label state.
@@ -78,14 +90,14 @@ def _apply_labels(
     Returns problems, by row number only.
     """
     problems: list[str] = []
-    ok = {key: r for key, r in records.items() if r.get("status") == "ok"}
-    patients = {r["patient_id"] for r in ok.values()}
-    studies = {r["study_id"] for r in ok.values()}
+    ok = {key: r for key, r in records.items() if r.ok}
+    patients = {r.patient_id for r in ok.values()}
+    studies = {r.study_id for r in ok.values()}
     # every source file and each folder above it -> the jobs beneath (labels by path)
     jobs_under: dict[str, set[str]] = defaultdict(set)
     if any(t.by_path for t in tables):
         for key, priv in private_jobs.items():
-            for src in priv.get("sources", []):
+            for src in priv.sources:
                 p = Path(src)
                 for node in (p, *p.parents):
                     jobs_under[str(node)].add(key)
@@ -123,18 +135,19 @@ def assemble(
     processed: int,
 ) -> PrepareResult:
     """Labels, splits, the manifest and the reports from every finished job of ``out_dir``."""
-    state_dir = out_dir / ".state"
-    records = _load_json_dir(state_dir / "jobs")
-    private_jobs = _load_json_dir(out_dir / "private" / "jobs")
+    folder = PrepFolder(out_dir)
+    state_dir = folder.state_dir
+    records = _load_records(state_dir / folder.JOBS, JobRecord)
+    private_jobs = _load_records(folder.private_dir / folder.JOBS, PrivateJobRecord)
 
-    label_state_path = state_dir / "labels.json"
+    label_state_path = state_dir / folder.LABEL_STATE
     label_state: dict[str, dict[str, int]] = {"patient": {}, "study": {}, "job": {}}
     if label_state_path.exists():
         label_state.update(json.loads(label_state_path.read_text()))
     label_problems = _apply_labels(tables, ps, private_jobs, records, label_state)
     atomic_write_json(label_state_path, label_state)
 
-    inputs_map: dict[str, str] = _read_inputs_map(out_dir)
+    inputs_map: dict[str, str] = _read_inputs_map(folder)
     skipped = _discovery_skips(state_dir, ps, found, inputs_map)
     flagged: list[Problem] = []
     volumes = _labelled_volumes(
@@ -142,10 +155,8 @@ def assemble(
     )
     volumes, splits, patient_labels = _split(volumes, config, label_problems)
     rows = _manifest_rows(volumes, splits)
-    _remove_orphan_slices(
-        out_dir, {v["volume_id"] for v in records.values() if v.get("status") == "ok"}
-    )
-    n_rows = write_manifest(out_dir / "manifest.csv", rows)
+    _remove_orphan_slices(folder, {r.volume_id for r in records.values() if r.ok})
+    n_rows = write_manifest(folder.manifest_file, rows)
 
     split_patients = {s: 0 for s in ("train", "validation", "test")}
     split_slices = dict(split_patients)
@@ -163,14 +174,14 @@ def assemble(
         "patients_per_split": split_patients,
         "patients_per_split_and_label": split_labels,
         "slices_per_split": split_slices,
-        "kinds": {k: sum(1 for v in volumes if v["kind"] == k) for k in ("hu", "gray8")},
+        "kinds": {k: sum(1 for v in volumes if v.record.kind == k) for k in ("hu", "gray8")},
         "jobs_reused": reused,
         "jobs_processed": processed,
         "skipped": len(skipped),
         "flagged": len(flagged),
     }
-    _write_reports(out_dir, config, counts, skipped, flagged, label_problems)
-    _write_private_maps(out_dir, inputs_map, private_jobs, records)
+    _write_reports(folder, config, counts, skipped, flagged, label_problems)
+    _write_private_maps(folder, inputs_map, private_jobs, records)
     for problem in label_problems:
         skipped.append(Problem("labels", "labels", "label", problem))
     return PrepareResult(
@@ -190,7 +201,7 @@ def _discovery_skips(
     state_dir: Path, ps: Pseudonymizer, found: Discovery, inputs_map: dict[str, str]
 ) -> list[Problem]:
     """Discovery's skips, accumulated across runs by reference (paths stay private)."""
-    skips_path = state_dir / "skips.json"
+    skips_path = state_dir / PrepFolder.SKIPS
     skip_state: dict[str, dict[str, str]] = (
         json.loads(skips_path.read_text()) if skips_path.exists() else {}
     )
@@ -206,39 +217,40 @@ def _discovery_skips(
 
 
 def _labelled_volumes(
-    records: dict[str, Any],
-    private_jobs: dict[str, Any],
+    records: dict[str, JobRecord],
+    private_jobs: dict[str, PrivateJobRecord],
     label_state: dict[str, dict[str, int]],
     ps: Pseudonymizer,
     inputs_map: dict[str, str],
     skipped: list[Problem],
     flagged: list[Problem],
-) -> list[dict[str, Any]]:
+) -> list[LabelledVolume]:
     """The finished scans that have a label (job, study, patient or class folder, in that
     order); the rest go to ``skipped`` with their reason, flagged scans also to ``flagged``."""
-    volumes: list[dict[str, Any]] = []
+    volumes: list[LabelledVolume] = []
     for key, rec in sorted(records.items()):
-        sources = private_jobs.get(key, {}).get("sources", [])
+        priv = private_jobs.get(key)
+        sources = list(priv.sources) if priv is not None else []
         where = _describe_sources(sources)
-        inputs_map[rec["input_ref"]] = where
-        for idx, reason in rec.get("file_skips", []):
-            ref = ps.input_ref(sources[idx]) if idx < len(sources) else rec["input_ref"]
+        inputs_map[rec.input_ref] = where
+        for idx, reason in rec.file_skips:
+            ref = ps.input_ref(sources[idx]) if idx < len(sources) else rec.input_ref
             inputs_map[ref] = sources[idx] if idx < len(sources) else where
             skipped.append(Problem(ref, inputs_map[ref], "file", reason))
-        if rec.get("status") != "ok":
-            skipped.append(Problem(rec["input_ref"], where, "scan", rec.get("reason", "?")))
+        if not rec.ok:
+            skipped.append(Problem(rec.input_ref, where, "scan", rec.reason or "?"))
             continue
         label = label_state["job"].get(key)
-        if label is None and rec.get("study_id"):
-            label = label_state["study"].get(rec["study_id"])
+        if label is None and rec.study_id:
+            label = label_state["study"].get(rec.study_id)
         if label is None:
-            label = label_state["patient"].get(rec["patient_id"])
+            label = label_state["patient"].get(rec.patient_id)
         if label is None:
-            label = rec.get("folder_label")
+            label = rec.folder_label
         if label is None:
             skipped.append(
                 Problem(
-                    rec["input_ref"],
+                    rec.input_ref,
                     where,
                     "scan",
                     "no label: not in any label CSV and not inside a class folder "
@@ -246,23 +258,23 @@ def _labelled_volumes(
                 )
             )
             continue
-        if rec.get("flags"):
-            flagged.append(Problem(rec["input_ref"], where, "scan", "; ".join(rec["flags"])))
-        volumes.append({**rec, "label": int(label)})
+        if rec.flags:
+            flagged.append(Problem(rec.input_ref, where, "scan", "; ".join(rec.flags)))
+        volumes.append(LabelledVolume(rec, int(label)))
     return volumes
 
 
 def _split(
-    volumes: list[dict[str, Any]], config: PrepConfig, label_problems: list[str]
-) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, set[int]]]:
+    volumes: list[LabelledVolume], config: PrepConfig, label_problems: list[str]
+) -> tuple[list[LabelledVolume], dict[str, Any], dict[str, set[int]]]:
     """Patients with conflicting labels are excluded; the rest are split by patient."""
     patient_labels: dict[str, set[int]] = defaultdict(set)
     for v in volumes:
-        patient_labels[v["patient_id"]].add(v["label"])
+        patient_labels[v.record.patient_id].add(v.label)
     conflicting = {p for p, labs in patient_labels.items() if len(labs) > 1}
     for p in sorted(conflicting):
         label_problems.append(f"patient {p} has scans labelled both 0 and 1: all excluded")
-    volumes = [v for v in volumes if v["patient_id"] not in conflicting]
+    volumes = [v for v in volumes if v.record.patient_id not in conflicting]
     splits = assign_splits(
         {p: next(iter(labs)) for p, labs in patient_labels.items() if p not in conflicting},
         fractions=config.split,
@@ -271,32 +283,36 @@ def _split(
     return volumes, splits, patient_labels
 
 
-def _manifest_rows(volumes: list[dict[str, Any]], splits: dict[str, Any]) -> list[SliceRow]:
+def _manifest_rows(volumes: list[LabelledVolume], splits: dict[str, Any]) -> list[SliceRow]:
     rows: list[SliceRow] = []
     for v in sorted(
-        volumes, key=lambda v: (splits[v["patient_id"]].value, v["patient_id"], v["volume_id"])
+        volumes,
+        key=lambda v: (splits[v.record.patient_id].value, v.record.patient_id, v.record.volume_id),
     ):
-        for i in range(v["n_slices"]):
-            pos = v["positions_mm"][i]
+        rec = v.record
+        split = splits[rec.patient_id].value
+        file = PrepFolder.slice_name(rec.volume_id)
+        for i in range(rec.n_slices):
+            pos = rec.positions_mm[i]
             rows.append(
                 SliceRow(
-                    patient_id=v["patient_id"],
-                    volume_id=v["volume_id"],
-                    split=splits[v["patient_id"]].value,
-                    label=v["label"],
-                    file=f"slices/{v['volume_id']}.npy",
+                    patient_id=rec.patient_id,
+                    volume_id=rec.volume_id,
+                    split=split,
+                    label=v.label,
+                    file=file,
                     index=i,
-                    source_slice=v["source_slices"][i],
+                    source_slice=rec.source_slices[i],
                     position_mm=float("nan") if pos is None else float(pos),
-                    kind=v["kind"],
-                    unit_basis=v.get("unit_basis", UnitBasis.UNKNOWN.value),
+                    kind=rec.kind,
+                    unit_basis=rec.unit_basis,
                 )
             )
     return rows
 
 
 def _write_reports(
-    out_dir: Path,
+    folder: PrepFolder,
     config: PrepConfig,
     counts: dict[str, Any],
     skipped: list[Problem],
@@ -313,9 +329,9 @@ def _write_reports(
         "label_problems": label_problems,
         "note": "inputs are named by reference; private/inputs.csv maps references to paths",
     }
-    atomic_write_json(out_dir / "prep_report.json", report)
+    atomic_write_json(folder.report_file, report)
     atomic_write_json(
-        out_dir / "dataset.json",
+        folder.dataset_file,
         {
             "format_version": FORMAT_VERSION,
             "slices": config.slices.as_dict(),
@@ -338,14 +354,14 @@ def _describe_sources(sources: list[str]) -> str:
     return parents.pop() if len(parents) == 1 else f"{sources[0]} (+{len(sources) - 1} files)"
 
 
-def _remove_orphan_slices(out_dir: Path, keep: set[str]) -> None:
-    for p in (out_dir / "slices").glob("*.npy"):
+def _remove_orphan_slices(folder: PrepFolder, keep: set[str]) -> None:
+    for p in folder.slice_files():
         if p.stem not in keep:
             p.unlink(missing_ok=True)
 
 
-def _read_inputs_map(out_dir: Path) -> dict[str, str]:
-    path = out_dir / "private" / "inputs.csv"
+def _read_inputs_map(folder: PrepFolder) -> dict[str, str]:
+    path = folder.inputs_file
     if not path.exists():
         return {}
     with path.open(newline="") as fh:
@@ -353,31 +369,31 @@ def _read_inputs_map(out_dir: Path) -> dict[str, str]:
 
 
 def _write_private_maps(
-    out_dir: Path,
+    folder: PrepFolder,
     inputs_map: dict[str, str],
-    private_jobs: dict[str, dict[str, Any]],
-    records: dict[str, dict[str, Any]],
+    private_jobs: dict[str, PrivateJobRecord],
+    records: dict[str, JobRecord],
 ) -> None:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["input", "path"])
     for ref, path in sorted(inputs_map.items()):
         w.writerow([ref, path])
-    atomic_write_text(out_dir / "private" / "inputs.csv", buf.getvalue())
+    atomic_write_text(folder.inputs_file, buf.getvalue())
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["patient_id", "volume_id", "source_patient_id", "source_study_uid", "source"])
     for key, rec in sorted(records.items()):
-        if rec.get("status") != "ok":
+        if not rec.ok:
             continue
-        priv = private_jobs.get(key, {})
+        priv = private_jobs.get(key) or PrivateJobRecord(kind="")
         w.writerow(
             [
-                rec["patient_id"],
-                rec["volume_id"],
-                priv.get("patient_key", ""),
-                priv.get("study_key", ""),
-                _describe_sources(priv.get("sources", [])),
+                rec.patient_id,
+                rec.volume_id,
+                priv.patient_key or "",
+                priv.study_key,
+                _describe_sources(list(priv.sources)),
             ]
         )
-    atomic_write_text(out_dir / "private" / "pseudonym_map.csv", buf.getvalue())
+    atomic_write_text(folder.pseudonym_map, buf.getvalue())

@@ -15,8 +15,7 @@ import secrets
 from pathlib import Path
 
 from data_prep.atomic import atomic_write_bytes
-
-KEY_FILE = "pseudonym.key"
+from data_prep.prepared import PrepFolder
 
 # DICOM keywords whose values identify a patient, a visit or staff (after PS3.15 Annex E's basic
 # profile).  No value of these is ever written outside PREP/private/.
@@ -97,7 +96,7 @@ class UnitBasis(enum.Enum):
 
 def load_or_create_key(private_dir: Path) -> bytes:
     """Return the dataset's pseudonym key, creating it (owner-only permissions) on first use."""
-    path = private_dir / KEY_FILE
+    path = private_dir / PrepFolder.KEY
     if path.exists():
         key = bytes.fromhex(path.read_text().strip())
         if len(key) < 16:

@@ -1,13 +1,6 @@
 """``prepare()``: raw scans in, a de-identified, patient-split slice dataset out.
 
-PREP layout:
-    dataset.json        settings and counts (what training needs to know)
-    manifest.csv        one row per slice: pseudonyms, split, label, file, position
-    prep_report.json    counts, every skipped or flagged input (by reference, never by path)
-    slices/V-*.npy      uint8 (n, size, size) per volume; np.load(mmap_mode="r") streams them
-    private/            the ONLY place holding identifiers: pseudonym key, source map
-    .state/             per-job records that make re-runs idempotent and resumable
-
+The folder it writes is described, and named, in ``data_prep.prepared.PrepFolder``.
 Every job's slices and record are written atomically when it finishes, so an interrupted run
 keeps all finished volumes and the next run only does what is missing.
 """
@@ -31,7 +24,9 @@ from data_prep.discover import Job, Skip, discover, probe_many
 from data_prep.errors import CovidCTError, InputError
 from data_prep.isolation import run_isolated
 from data_prep.labels import read_label_csv
+from data_prep.prepared import PrepFolder
 from data_prep.readers.dicom import DicomHeader
+from data_prep.records import PrivateJobRecord
 from data_prep.settings import PrepConfig, SliceSettings
 from data_prep.worker import Outcome, process_job
 
@@ -71,11 +66,10 @@ def prepare(
     out_dir = out_dir.resolve()
     _check_settings(out_dir, config.slices)
     out_dir.mkdir(parents=True, exist_ok=True)
-    state = out_dir / ".state"
-    (state / "jobs").mkdir(parents=True, exist_ok=True)
-    private = out_dir / "private"
-    (private / "jobs").mkdir(parents=True, exist_ok=True)
-    ps = Pseudonymizer(load_or_create_key(private))
+    folder = PrepFolder(out_dir)
+    (folder.state_dir / folder.JOBS).mkdir(parents=True, exist_ok=True)
+    (folder.private_dir / folder.JOBS).mkdir(parents=True, exist_ok=True)
+    ps = Pseudonymizer(load_or_create_key(folder.private_dir))
     tables = [read_label_csv(p) for p in labels]  # fail fast, before any work
 
     workers = config.workers or os.cpu_count() or 1
@@ -115,7 +109,7 @@ def quiet_decoders() -> None:
 
 
 def _check_settings(out_dir: Path, settings: SliceSettings) -> None:
-    meta = out_dir / "dataset.json"
+    meta = PrepFolder(out_dir).dataset_file
     if not meta.exists():
         return
     try:
@@ -249,22 +243,20 @@ def _add_missing_unit_basis(out_dir: Path, jobs: list[Job], keys: list[str]) -> 
 
 
 def _record_path(out_dir: Path, key: str) -> Path:
-    return out_dir / ".state" / "jobs" / f"{key}.json"
+    return PrepFolder(out_dir).job_record(key)
 
 
 def _save_record(out_dir: Path, job: Job, key: str, outcome: Outcome) -> None:
     # private side first: a public record always has its private mapping
-    private = {
-        "kind": job.kind,
-        "sources": list(job.sources),
-        "patient_key": outcome.patient_key or job.patient_key,
-        "study_key": job.study_key,
-    }
-    atomic_write_json(out_dir / "private" / "jobs" / f"{key}.json", private)
-    record = dict(outcome.record)
-    record["job"] = key
-    record["input_ref"] = ps_ref(key)
-    atomic_write_json(_record_path(out_dir, key), record)
+    private = PrivateJobRecord(
+        kind=job.kind,
+        sources=job.sources,
+        patient_key=outcome.patient_key or job.patient_key,
+        study_key=job.study_key,
+    )
+    atomic_write_json(PrepFolder(out_dir).private_job_record(key), private.to_json())
+    record = outcome.record.saved_as(job=key, input_ref=ps_ref(key))
+    atomic_write_json(_record_path(out_dir, key), record.to_json())
 
 
 def ps_ref(job_key: str) -> str:

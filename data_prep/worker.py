@@ -1,14 +1,14 @@
 """Prepare one job: read the scan, choose lung slices, window, resize, store as uint8.
 
 Runs in worker processes; everything it needs arrives as arguments (no shared state), and it
-returns a JSON-ready record that names no identifier (pseudonyms only).
+returns an ``Outcome``: the public ``JobRecord`` (pseudonyms only) and, apart, the identifier
+the patient pseudonym was made from.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -17,8 +17,10 @@ from data_prep.deid import Pseudonymizer
 from data_prep.discover import Job, JobKind
 from data_prep.errors import InputError
 from data_prep.intensity import gray8_to_unit, to_uint8, window
+from data_prep.prepared import PrepFolder
 from data_prep.readers import DicomSeries, NiftiFile, read_scan
 from data_prep.readers.images import read_image
+from data_prep.records import JobRecord, JobStatus
 from data_prep.settings import Crop, SliceSettings
 from data_prep.slicing import (
     AIR_HU,
@@ -32,7 +34,7 @@ from data_prep.slicing import (
     otsu_threshold,
     resize_slices,
 )
-from data_prep.volume import Volume
+from data_prep.volume import IntensityKind, Volume
 
 
 @dataclass(frozen=True)
@@ -54,19 +56,17 @@ class Outcome:
     """What preparing one scan gives, public and private apart.
 
     Attributes:
-        record: the public record (``.state/jobs``, read by ``assemble``): ``status`` "ok" with
-            pseudonyms, slice geometry and flags, or "skipped" with a reason; ``file_skips``
-            lists (source index, reason) for images that were left out. No identifier.
+        record: the public record (``.state/jobs``, read by ``assemble``). No identifier.
         patient_key: the identifier the patient pseudonym was made from (a DICOM PatientID,
             a file name...); written only under ``private/``. None for a skipped scan.
     """
 
-    record: dict[str, Any]
+    record: JobRecord
     patient_key: str | None = None
 
     @classmethod
     def skipped(cls, reason: str) -> Outcome:
-        return cls({"status": "skipped", "reason": reason, "file_skips": []})
+        return cls(JobRecord.skipped(reason))
 
 
 def process_job(
@@ -153,23 +153,22 @@ def _process_hu(job: Job, settings: SliceSettings, out_dir: Path, ps: Pseudonymi
     )
     patient_key = job.patient_key or vol.patient_key
     volume_id = ps.volume(f"{job.kind}:{job.series_key}")
-    atomic_save_npy(out_dir / "slices" / f"{volume_id}.npy", slices)
-    record = {
-        "status": "ok",
-        "kind": vol.kind.value,
-        "volume_id": volume_id,
-        "patient_id": ps.patient(patient_key),
-        "study_id": ps.study(job.study_key) if job.study_key else "",
-        "folder_label": job.folder_label,
-        "n_slices": int(slices.shape[0]),
-        "source_slices": list(range(start, stop)),
-        "source_n_slices": vol.n_slices,
-        "positions_mm": positions,
-        "spacing_mm": [_finite_or_none(round(float(s), 4)) for s in vol.spacing],
-        "flags": vol.flags,
-        "file_skips": [],
-        "unit_basis": job.unit_basis.value,
-    }
+    atomic_save_npy(PrepFolder(out_dir).slice_file(volume_id), slices)
+    record = JobRecord(
+        status=JobStatus.OK,
+        kind=vol.kind.value,
+        volume_id=volume_id,
+        patient_id=ps.patient(patient_key),
+        study_id=ps.study(job.study_key) if job.study_key else "",
+        folder_label=job.folder_label,
+        n_slices=int(slices.shape[0]),
+        source_slices=tuple(range(start, stop)),
+        source_n_slices=vol.n_slices,
+        positions_mm=tuple(positions),
+        spacing_mm=tuple(_finite_or_none(round(float(s), 4)) for s in vol.spacing),
+        flags=tuple(vol.flags),
+        unit_basis=job.unit_basis.value,
+    )
     return Outcome(record, patient_key)
 
 
@@ -194,23 +193,22 @@ def _process_images(job: Job, settings: SliceSettings, out_dir: Path, ps: Pseudo
     flags.insert(0, "8-bit slice images: intensities are display values, not HU")
     slices = np.stack(unit_slices)
     volume_id = ps.volume(f"{job.kind}:{job.series_key}")
-    atomic_save_npy(out_dir / "slices" / f"{volume_id}.npy", slices)
-    record = {
-        "status": "ok",
-        "kind": "gray8",
-        "volume_id": volume_id,
-        "patient_id": ps.patient(job.patient_key),
-        "study_id": "",
-        "folder_label": job.folder_label,
-        "n_slices": int(slices.shape[0]),
-        "source_slices": used,
-        "source_n_slices": len(job.sources),
-        "positions_mm": [None] * len(used),
-        "spacing_mm": [None, None, None],
-        "flags": flags,
-        "file_skips": bad,
-        "unit_basis": job.unit_basis.value,
-    }
+    atomic_save_npy(PrepFolder(out_dir).slice_file(volume_id), slices)
+    record = JobRecord(
+        status=JobStatus.OK,
+        kind=IntensityKind.GRAY8.value,
+        volume_id=volume_id,
+        patient_id=ps.patient(job.patient_key),
+        folder_label=job.folder_label,
+        n_slices=int(slices.shape[0]),
+        source_slices=tuple(used),
+        source_n_slices=len(job.sources),
+        positions_mm=(None,) * len(used),
+        spacing_mm=(None, None, None),
+        flags=tuple(flags),
+        file_skips=tuple(bad),
+        unit_basis=job.unit_basis.value,
+    )
     return Outcome(record, job.patient_key)
 
 
