@@ -14,7 +14,7 @@ import numpy as np
 
 from covidct import runs
 from covidct.inference import ModelBundle, ScanPrediction, grad_cam, predict_scan
-from covidct.runs import Run, SweepFolder
+from covidct.runs import Run, SweepFolder, read_number
 from data_prep.uploads import UploadedScan, UploadLimits, read_upload
 
 __all__ = [
@@ -31,17 +31,6 @@ DISCLAIMER = (
     "Research tool, not a diagnosis: covidct is not a medical device. Every result must be "
     "reviewed by a radiologist with the full study and the clinical context."
 )
-
-
-def _num(x: Any) -> float | None:
-    if x is None or x == "":
-        return None
-    if x == "inf":
-        return math.inf
-    try:
-        return float(x)
-    except (TypeError, ValueError):
-        return None
 
 
 def find_runs(root: Path) -> list[Path]:
@@ -62,13 +51,13 @@ def runs_table(runs: Sequence[Path], root: Path) -> list[dict[str, Any]]:
         rows.append(
             {
                 "run": str(run.relative_to(root)) if run.is_relative_to(root) else run.name,
-                "target epsilon": _num(report.get("target_epsilon")),
-                "epsilon": _num(report.get("epsilon")),
-                "delta": _num(report.get("delta")),
+                "target epsilon": read_number(report.get("target_epsilon")),
+                "epsilon": read_number(report.get("epsilon")),
+                "delta": read_number(report.get("delta")),
                 "privacy unit": report.get("privacy_unit"),
-                "test patient AUC": _num(patient.get("auc")),
-                "attack AUC": _num(audit.get("attack_auc")),
-                "audit epsilon (estimate)": _num(epsilon_estimate(audit)) if audit else None,
+                "test patient AUC": read_number(patient.get("auc")),
+                "attack AUC": read_number(audit.get("attack_auc")),
+                "audit epsilon (estimate)": read_number(epsilon_estimate(audit)) if audit else None,
             }
         )
     return rows
@@ -106,7 +95,7 @@ def curves_rows(root: Path) -> list[dict[str, Any]]:
 
 
 def _curve_row(r: dict[str, Any], sweep: str, run: Path) -> dict[str, Any]:
-    target = _num(r.get("epsilon_target"))
+    target = read_number(r.get("epsilon_target"))
     history = Run(run).read_or(Run.HISTORY, None) or []
     model = r.get("model") or (Run(run).read_or(Run.META, None) or {}).get("model", "")
     return {
@@ -115,12 +104,12 @@ def _curve_row(r: dict[str, Any], sweep: str, run: Path) -> dict[str, Any]:
         "model": model,
         "epsilon_target": target,
         "private": target is not None and math.isfinite(target),
-        "epsilon_achieved": _num(r.get("epsilon_achieved")),
-        "batch_size": _num(r.get("batch_size")),
+        "epsilon_achieved": read_number(r.get("epsilon_achieved")),
+        "batch_size": read_number(r.get("batch_size")),
         "seed": r.get("seed"),
-        "patient_auc": _num(r.get("patient_auc")),
-        "attack_auc": _num(r.get("attack_auc")),
-        "epsilon_per_epoch": [_num(h.get("epsilon")) for h in history],
+        "patient_auc": read_number(r.get("patient_auc")),
+        "attack_auc": read_number(r.get("attack_auc")),
+        "epsilon_per_epoch": [read_number(h.get("epsilon")) for h in history],
     }
 
 

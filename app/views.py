@@ -29,7 +29,7 @@ from app.services import (
 from covidct.inference import ModelBundle, load_bundle
 from covidct.model_card import metric_rows
 from covidct.privacy.report import read_report, report_to_markdown
-from covidct.runs import Run
+from covidct.runs import Run, read_number
 from data_prep.errors import CovidCTError
 
 
@@ -110,7 +110,9 @@ def models_page(root: Path) -> None:
 
 
 def _eps(x: Any) -> float | None:
-    return None if x in ("inf", None) else float(x)
+    """A finite epsilon, or None (not private)."""
+    value = read_number(x)
+    return None if value is None or math.isinf(value) else value
 
 
 # ---- Privacy/utility ---------------------------------------------------------------------

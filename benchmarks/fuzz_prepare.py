@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.data_prep.mutate
 
 from data_prep.pipeline import PrepConfig, prepare  # noqa: E402
+from data_prep.prepared import PrepFolder  # noqa: E402
 from data_prep.synthetic.cohort import CohortFormat, SynthConfig, write_cohort  # noqa: E402
 from data_prep.worker import SliceSettings  # noqa: E402
 from tests.data_prep.mutate import labels_csv, make_cases  # noqa: E402
@@ -84,7 +85,7 @@ def main() -> int:
         prepared: set[str] = set()
         reported: set[str] = set()
         if result is not None:
-            with (work / "prep" / "private" / "pseudonym_map.csv").open(newline="") as f:
+            with PrepFolder(work / "prep").pseudonym_map.open(newline="") as f:
                 prepared = {r["source_patient_id"] for r in csv.DictReader(f)}
             paths = [str(p.path) for p in [*result.skipped, *result.flagged]]
             reported = {c.patient for c in cases if any(str(c.path) in p for p in paths)}

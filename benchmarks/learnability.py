@@ -45,6 +45,7 @@ from sklearn.metrics import roc_auc_score
 from covidct.models import Pooling, build_model
 from covidct.models.cnn import build_gn_cnn
 from covidct.tfsetup import keras, tf
+from data_prep.prepared import PrepFolder
 from data_prep.slicing import mask_outside_lungs
 
 # --- data ---------------------------------------------------------------------------------------
@@ -70,7 +71,7 @@ def _burdens(prep: Path, truth: Path | None) -> dict[str, str]:
         return {}
     with truth.open(newline="") as f:
         by_source = {r["patient_id"]: r["burden"] for r in csv.DictReader(f)}
-    with (prep / "private" / "pseudonym_map.csv").open(newline="") as f:
+    with PrepFolder(prep).pseudonym_map.open(newline="") as f:
         return {
             r["patient_id"]: by_source[r["source_patient_id"]]
             for r in csv.DictReader(f)
@@ -112,7 +113,7 @@ def load_prepared(
     prep: Path, truth: Path | None = None, *, mask: int = 0, mask_fill: int = 64
 ) -> dict[str, SplitData]:
     """Read PREP/manifest.csv and its slice files into one SplitData per split."""
-    with (prep / "manifest.csv").open(newline="") as f:
+    with PrepFolder(prep).manifest_file.open(newline="") as f:
         rows = list(csv.DictReader(f))
     burdens = _burdens(prep, truth)
     by_patient: dict[str, list[dict[str, str]]] = {}

@@ -34,6 +34,10 @@ from typing import Any
 
 import numpy as np
 
+from covidct import checkpoint
+from covidct.runs import Run
+from data_prep.prepared import PrepFolder
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -48,7 +52,7 @@ def _burdens(prep: Path, truth: Path) -> dict[str, str]:
     """Pseudonym -> none | mild | severe (study only: reads PREP/private)."""
     with truth.open(newline="") as f:
         by_source = {r["patient_id"]: r["burden"] for r in csv.DictReader(f)}
-    with (prep / "private" / "pseudonym_map.csv").open(newline="") as f:
+    with PrepFolder(prep).pseudonym_map.open(newline="") as f:
         return {r["patient_id"]: by_source[r["source_patient_id"]] for r in csv.DictReader(f)}
 
 
@@ -63,10 +67,9 @@ def _test_scores(run: Path, prep: Path) -> tuple[list[str], np.ndarray, np.ndarr
     from covidct.models import build_head
     from covidct.tfsetup import keras
 
-    meta = json.loads((run / "run.json").read_text())
-    metrics = json.loads((run / "metrics.json").read_text())
+    meta, metrics = Run(run).meta(), Run(run).metrics()
     spec = from_record(meta["features"])
-    saved = keras.models.load_model(run / "model.keras", compile=False)
+    saved = keras.models.load_model(Run(run).model_file, compile=False)
     norm = saved.get_layer("standardise")
     head = build_head(meta["model"], mean=norm.input_mean, variance=norm.input_variance)
     head.get_layer("logit").set_weights(saved.get_layer("logit").get_weights())
@@ -163,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     per: dict[str, list[dict[str, Any]]] = {}
     for split in range(args.splits):
         prep = work / f"prep{split}"
-        if not (prep / "manifest.csv").is_file():
+        if not PrepFolder(prep).manifest_file.is_file():
             _covidct(
                 "prepare",
                 str(cohort),
@@ -176,9 +179,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"prepare.seed={split}",
                 *pset,
             )
-            if first_prep is not None and (first_prep / "features").is_dir():
+            cache = PrepFolder.FEATURES
+            if first_prep is not None and (first_prep / cache).is_dir():
                 # same slices and settings, another split: the cache is keyed by them only
-                shutil.copytree(first_prep / "features", prep / "features", dirs_exist_ok=True)
+                shutil.copytree(first_prep / cache, prep / cache, dirs_exist_ok=True)
         first_prep = first_prep or prep
         for eps in args.epsilons.split(","):
             lrs = args.baseline_lrs.split(",") if eps == "inf" and args.baseline_lrs else [""]
@@ -189,11 +193,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 rid = f"{tag}-s{split}-eps{eps}" + (f"-blr{lr}" if lr else "")
                 run = work / "runs" / rid
                 seconds = math.nan
-                if not (run / "run.json").is_file():
+                if not Run(run).is_finished:
                     shutil.rmtree(run, ignore_errors=True)
                     run, seconds = _train(prep, work / "runs", rid, eps, extra)
-                metrics = json.loads((run / "metrics.json").read_text())
-                plan = json.loads((run / "checkpoints" / "plan.json").read_text())
+                metrics = Run(run).metrics()
+                plan = checkpoint.read_plan(run)
                 tried.append(
                     {
                         "lr": lr or "default",

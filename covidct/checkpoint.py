@@ -28,14 +28,12 @@ from typing import Any
 
 import numpy as np
 
-from covidct.runs import Run
+from covidct.runs import Run, to_json
 from data_prep.atomic import atomic_write_bytes, atomic_write_json
 from data_prep.errors import CovidCTError
 
 FORMAT = "covidct-checkpoint-1"
-PLAN = "plan.json"
-PROGRESS = "progress.json"
-STATE = "state.npz"
+PLAN, PROGRESS, STATE = Run.PLAN, Run.PROGRESS, Run.STATE
 
 
 class ResumeError(CovidCTError):
@@ -72,7 +70,7 @@ def folder(run: Path) -> Path:
 
 
 def write_plan(run: Path, plan: dict[str, Any]) -> None:
-    atomic_write_json(folder(run) / PLAN, {"format": FORMAT, **plan})
+    atomic_write_json(folder(run) / PLAN, to_json({"format": FORMAT, **plan}))
 
 
 def read_plan(run: Path) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from covidct.config import Config, load_config
+from covidct.runs import Run, SweepFolder
 from data_prep.errors import CovidCTError
 
 if TYPE_CHECKING:  # the CLI imports TensorFlow-side modules only when a command needs them
@@ -405,8 +406,8 @@ def _print_train_result(result: RunResult) -> None:
             f"audit: attack AUC {audit['attack_auc']:.3f}, epsilon estimate from this one model "
             f"{epsilon_estimate(audit):.3g} (guarantee: {_fmt_eps(eps)})"
         )
-    print(f"privacy report: {result.run_dir / 'privacy_report.md'}")
-    print(f"metrics:        {result.run_dir / 'metrics.json'}")
+    print(f"privacy report: {result.run_dir / Run.REPORT_MD}")
+    print(f"metrics:        {result.run_dir / Run.METRICS}")
 
 
 def _cmd_pretrain(args: argparse.Namespace, cfg: Config) -> int:
@@ -504,14 +505,13 @@ def _cmd_sweep(args: argparse.Namespace, cfg: Config) -> int:
             f"  {what:>18}: test patient AUC {_fmt3(test)}, validation {_fmt3(val)} "
             f"({row['run_id']})"
         )
-    print(f"curves:  {out / 'curves.csv'}")
-    print(f"report:  {out / 'sweep_report.md'}")
+    print(f"curves:  {out / SweepFolder.CURVES}")
+    print(f"report:  {out / SweepFolder.REPORT}")
     return 0
 
 
 def _cmd_report(args: argparse.Namespace, cfg: Config) -> int:
     from covidct import model_card
-    from covidct.runs import SweepFolder
     from data_prep.atomic import atomic_write_text
 
     if (args.path / SweepFolder.SPEC).is_file():
@@ -677,7 +677,7 @@ def _cmd_audit(args: argparse.Namespace, cfg: Config) -> int:
             f"epsilon estimate {epsilon_estimate(a):.3g}"
         )
     print(audit["reading"])
-    print(f"written: {args.run / 'audit.json'} and {args.run / 'privacy_report.md'}")
+    print(f"written: {args.run / Run.AUDIT} and {args.run / Run.REPORT_MD}")
     return 0
 
 

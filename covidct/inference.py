@@ -8,6 +8,7 @@ privacy_report.json), never the training data.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,9 @@ from typing import Any
 import numpy as np
 
 from covidct.evaluate import PatientScore, aggregate
-from covidct.runs import Run
+from covidct.runs import Run, read_number
 from data_prep.errors import CovidCTError
+from data_prep.prepared import PrepFolder
 from data_prep.settings import SliceSettings
 
 __all__ = ["ModelBundle", "ScanPrediction", "grad_cam", "load_bundle", "predict_scan"]
@@ -116,7 +118,7 @@ def load_bundle(run_dir: Path) -> ModelBundle:
     report = _read(run.file(Run.REPORT_JSON))
     raw = meta.get("slice_settings")
     if raw is None:  # runs from before slice settings were recorded: the dataset still says
-        ds = Path(meta.get("prep", "")) / "dataset.json"
+        ds = PrepFolder(meta.get("prep", "")).dataset_file
         raw = _read(ds)["slices"] if ds.is_file() else None
     if raw is None:
         raise ModelLoadError(
@@ -128,14 +130,14 @@ def load_bundle(run_dir: Path) -> ModelBundle:
         model = run.load_model()
     except (OSError, ValueError, TypeError) as err:
         raise ModelLoadError(f"cannot load the model of {run_dir}: {err}") from err
-    eps = report.get("epsilon")
+    eps = read_number(report.get("epsilon"))  # a report without one: not private
     return ModelBundle(
         run_dir=run_dir,
         model=model,
         settings=settings,
         patient_score=PatientScore(metrics.get("patient_score", "mean")),
         threshold=float(metrics["patient"]["threshold"]),
-        epsilon=float("inf") if eps in ("inf", None) else float(eps),
+        epsilon=math.inf if eps is None else eps,
         privacy_unit=str(report.get("privacy_unit", "patient")),
         test_patient_auc=metrics["patient"].get("auc"),
     )

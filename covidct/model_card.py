@@ -19,6 +19,7 @@ from typing import Any
 from covidct.privacy.report import PrivacyReport, read_report, report_to_markdown
 from covidct.runs import Run
 from data_prep.errors import CovidCTError
+from data_prep.prepared import PrepFolder
 
 __all__ = [
     "RunSummary",
@@ -99,10 +100,10 @@ def load_run(run_dir: Path) -> RunSummary:
         )
     meta = run.meta()
     dataset = None
-    prep = Path(meta.get("prep", ""))
-    if (prep / "dataset.json").is_file() and (prep / "prep_report.json").is_file():
-        ds = _read_json(prep / "dataset.json")
-        counts = _read_json(prep / "prep_report.json").get("counts", {})
+    prep = PrepFolder(meta.get("prep", ""))
+    if prep.dataset_file.is_file() and prep.report_file.is_file():
+        ds = _read_json(prep.dataset_file)
+        counts = _read_json(prep.report_file).get("counts", {})
         dataset = {
             "patients": ds.get("patients"),
             "volumes": ds.get("volumes"),

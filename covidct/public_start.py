@@ -36,6 +36,7 @@ from covidct.errors import ConfigError
 from covidct.runs import Run, read_json
 from covidct.train_config import TrainConfig
 from data_prep.atomic import atomic_write_json
+from data_prep.prepared import PrepFolder
 
 FORMAT = "covidct-public-start/1"
 WEIGHTS_SUFFIX = ".weights.h5"
@@ -73,13 +74,14 @@ def _sha256(path: Path) -> str:
 
 def _scan_hashes(prep: Path) -> set[str]:
     """SHA-256 of every prepared scan file (``slices/*.npy``) of ``prep``."""
-    return {_sha256(p) for p in sorted((prep / "slices").glob("*.npy"))}
+    return {_sha256(p) for p in PrepFolder(prep).slice_files()}
 
 
 def _public_data(prep: Path) -> dict[str, Any]:
-    meta = read_json(prep, "dataset.json")
+    folder = PrepFolder(prep)
+    meta = folder.dataset()
     return {
-        "manifest_sha256": _sha256(prep / "manifest.csv"),
+        "manifest_sha256": _sha256(folder.manifest_file),
         "patients": meta.get("patients"),
         "slices": meta.get("slices_total"),
         "slice_settings": meta.get("slices"),

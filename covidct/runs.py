@@ -1,8 +1,9 @@
 """Run folders: ``runs/<run_id>/``, the one module that knows their files and formats.
 
 Training writes through ``Run``; the model card, inference, the dashboard, sweeps, public
-pretraining and the audit read through it. JSON files write infinity as the string "inf" and
-NaN as null (``_json_ready``); ``read_number`` turns them back into floats.
+pretraining and the audit read through it. Numbers are written one way everywhere covidct writes
+JSON or CSV (runs, sweeps, checkpoints, the ledger, the privacy report): infinity as the string
+"inf", NaN as null (``number_out``); ``read_number`` turns them back into floats.
 
     run = Run(path)
     run.is_finished, run.meta(), run.metrics(), run.history(), run.load_model()
@@ -23,9 +24,14 @@ from data_prep.atomic import atomic_write_json, atomic_write_text
 from data_prep.errors import CovidCTError
 
 
+def epsilon_tag(epsilon: float) -> str:
+    """Epsilon as run ids and sweep point names write it: ``3``, ``0.5``, ``inf``."""
+    return "inf" if math.isinf(epsilon) else f"{epsilon:g}"
+
+
 def new_run_id(target_epsilon: float) -> str:
-    eps = "inf" if math.isinf(target_epsilon) else f"{target_epsilon:g}"
-    return f"{time.strftime('%Y%m%d-%H%M%S')}-eps{eps}-{secrets.token_hex(2)}"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-eps{epsilon_tag(target_epsilon)}-{secrets.token_hex(2)}"
 
 
 class RunExistsError(CovidCTError):
@@ -63,29 +69,36 @@ def create_run_dir(runs_dir: Path, run_id: str) -> Path:
 
 
 def write_json(run: Path, name: str, obj: Any) -> None:
-    atomic_write_json(run / name, _json_ready(obj))
+    atomic_write_json(run / name, to_json(obj))
 
 
 def write_yaml(run: Path, name: str, obj: Any) -> None:
     import yaml
 
-    atomic_write_text(run / name, yaml.safe_dump(_json_ready(obj), sort_keys=False))
+    atomic_write_text(run / name, yaml.safe_dump(to_json(obj), sort_keys=False))
 
 
 def read_json(run: Path, name: str) -> Any:
     return json.loads((run / name).read_text())
 
 
-def _json_ready(obj: Any) -> Any:
-    """inf/NaN are not JSON: written as the strings "inf" / null."""
+def number_out(x: float | None) -> float | str | None:
+    """A number as covidct writes it: inf/NaN are not JSON, so "inf" / "-inf" / null."""
+    if x is None or math.isnan(x):
+        return None
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return x
+
+
+def to_json(obj: Any) -> Any:
+    """``obj`` with every float written by ``number_out`` (dicts, lists and tuples walked)."""
     if isinstance(obj, float):
-        if math.isinf(obj):
-            return "inf" if obj > 0 else "-inf"
-        return None if math.isnan(obj) else obj
+        return number_out(obj)
     if isinstance(obj, dict):
-        return {k: _json_ready(v) for k, v in obj.items()}
+        return {k: to_json(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_json_ready(v) for v in obj]
+        return [to_json(v) for v in obj]
     return obj
 
 
@@ -121,7 +134,10 @@ class Run:
     MODEL = "model.keras"
     REPORT_JSON = "privacy_report.json"
     REPORT_MD = "privacy_report.md"
-    CHECKPOINTS = "checkpoints"
+    CHECKPOINTS = "checkpoints"  # crash-safe state (covidct.checkpoint), holding:
+    PLAN = "plan.json"  # what the run was asked to do, written before the first step
+    PROGRESS = "progress.json"  # every step ever started
+    STATE = "state.npz"  # weights, optimizer slots and loop counters
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)

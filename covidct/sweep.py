@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from covidct.runs import Run, SweepFolder, write_json
+from covidct.runs import Run, SweepFolder, epsilon_tag, number_out, read_number, to_json, write_json
 from covidct.train_config import TrainConfig
 from data_prep.atomic import atomic_write_bytes, atomic_write_text
 from data_prep.errors import CovidCTError
@@ -47,8 +47,7 @@ class SweepPoint:
 
     @property
     def run_id(self) -> str:
-        eps = "inf" if math.isinf(self.epsilon) else f"{self.epsilon:g}"
-        return f"eps{eps}_b{self.batch_size}_s{self.seed}"
+        return f"eps{epsilon_tag(self.epsilon)}_b{self.batch_size}_s{self.seed}"
 
 
 CURVE_COLUMNS = (
@@ -150,7 +149,7 @@ def run_sweep(
     spec = {
         "format": "covidct-sweep-1",
         "prep": str(Path(prep).resolve()),
-        "epsilons": ["inf" if math.isinf(e) else e for e in sorted(set(epsilons))],
+        "epsilons": sorted(set(epsilons)),
         "batch_sizes": sorted(set(batch_sizes)),
         "seeds": seeds,
         "train": resolved_config.get("train", {}),
@@ -193,7 +192,7 @@ def _check_or_write_spec(out: Path, spec: dict[str, Any]) -> None:
     path = out / SweepFolder.SPEC
     if path.is_file():
         old = json.loads(path.read_text())
-        if old != json.loads(json.dumps(spec)):
+        if old != to_json(spec):
             raise SweepError(
                 f"{out} holds a sweep with other settings (see {path}); "
                 "give a new --out folder or the same grid and config to resume it"
@@ -201,14 +200,6 @@ def _check_or_write_spec(out: Path, spec: dict[str, Any]) -> None:
         return
     out.mkdir(parents=True, exist_ok=True)
     write_json(out, SweepFolder.SPEC, spec)
-
-
-def _num(x: Any) -> float | None:
-    if x is None:
-        return None
-    if x == "inf":
-        return math.inf
-    return float(x)
 
 
 def collect_rows(out: Path, points: Sequence[SweepPoint]) -> list[dict[str, Any]]:
@@ -230,7 +221,7 @@ def collect_rows(out: Path, points: Sequence[SweepPoint]) -> list[dict[str, Any]
                 "run_id": point.run_id,
                 "model": meta.get("model", ""),
                 "epsilon_target": point.epsilon,
-                "epsilon_achieved": _num(report["epsilon"]),
+                "epsilon_achieved": read_number(report["epsilon"]),
                 "delta": report["delta"],
                 "noise_multiplier": report["noise_multiplier"],
                 "sampling_rate": report["sampling_rate"],
@@ -258,7 +249,8 @@ def _csv_value(v: Any) -> str:
     if v is None:
         return ""
     if isinstance(v, float):
-        return "inf" if math.isinf(v) else f"{v:.6g}"
+        out = number_out(v)
+        return out if isinstance(out, str) else "" if out is None else f"{out:.6g}"
     return str(v)
 
 

@@ -25,7 +25,7 @@ from covidct.data.units import (
 )
 from covidct.privacy import accounting, ledger
 from covidct.privacy.plan import PrivacyPlan, plan_privacy
-from covidct.runs import Run, check_new_run, create_run_dir, new_run_id
+from covidct.runs import Run, check_new_run, create_run_dir, new_run_id, read_number
 from covidct.train_config import TrainConfig
 from covidct.training.build import build_model, build_step, public_start, trainable_count
 from covidct.training.checks import (
@@ -234,7 +234,7 @@ def _open_run(
         {
             "run_id": rid,
             "prep": os.path.abspath(prep),
-            "target_epsilon": "inf" if math.isinf(target_epsilon) else target_epsilon,
+            "target_epsilon": target_epsilon,
             "n_units": plan.n_units,
             # what the counted steps were taken with: a resume must take the same
             "noise_multiplier": plan.noise_multiplier,
@@ -251,12 +251,11 @@ def _read_plan(run: Path) -> tuple[dict[str, Any], TrainConfig, Path, float, str
     from covidct.config import ConfigError, from_dict
 
     if Run(run).is_finished:
-        raise checkpoint.ResumeError(f"{run} is a finished run (has run.json): nothing to resume")
+        raise checkpoint.ResumeError(f"{run} is a finished run (has {Run.META}): nothing to resume")
     saved_plan = checkpoint.read_plan(run)
     try:
         config = from_dict(TrainConfig, saved_plan["train"], "train.")
-        raw_eps = saved_plan["target_epsilon"]
-        target_epsilon = math.inf if raw_eps == "inf" else float(raw_eps)
+        target_epsilon = float(read_number(saved_plan["target_epsilon"]))  # type: ignore[arg-type]
         return (
             saved_plan,
             config,

@@ -7,7 +7,6 @@ uint8 shards (memory-mapped), so a 50,000-slice dataset is never loaded whole.
 from __future__ import annotations
 
 import enum
-import json
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from covidct.privacy.secret import RunSecret
 from data_prep.deid import UnitBasis
 from data_prep.errors import CovidCTError
 from data_prep.manifest import read_manifest
+from data_prep.prepared import PrepFolder
 
 
 class PrivacyUnit(enum.Enum):
@@ -87,8 +87,7 @@ class Units:
 def image_size(prep: Path) -> int:
     """Slice size recorded by ``covidct prepare``."""
     try:
-        meta = json.loads((prep / "dataset.json").read_text())
-        return int(meta["slices"]["image_size"])
+        return int(PrepFolder(prep).dataset()["slices"]["image_size"])
     except (OSError, ValueError, KeyError) as exc:
         raise DataError(
             f"{prep} is not a prepared dataset (dataset.json unreadable: {exc}); "
@@ -99,8 +98,7 @@ def image_size(prep: Path) -> int:
 def slice_settings(prep: Path) -> dict[str, object]:
     """The slice settings recorded by ``covidct prepare`` (size, window, lung range)."""
     try:
-        meta = json.loads((prep / "dataset.json").read_text())
-        return dict(meta["slices"])
+        return dict(PrepFolder(prep).dataset()["slices"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DataError(
             f"{prep} is not a prepared dataset (dataset.json unreadable: {exc}); "
@@ -110,7 +108,7 @@ def slice_settings(prep: Path) -> dict[str, object]:
 
 def slice_kinds(prep: Path) -> dict[str, int]:
     """How many of the prepared slices are HU (``hu``) or plain images (``gray8``)."""
-    manifest = prep / "manifest.csv"
+    manifest = PrepFolder(prep).manifest_file
     if not manifest.exists():
         raise DataError(f"{manifest} not found: run covidct prepare first")
     kinds: dict[str, int] = {}
@@ -127,7 +125,7 @@ def load_units(prep: Path, split: str, unit: PrivacyUnit) -> Units:
         split: train, validation or test.
         unit: patient or slice.
     """
-    manifest = prep / "manifest.csv"
+    manifest = PrepFolder(prep).manifest_file
     if not manifest.exists():
         raise DataError(f"{manifest} not found: run covidct prepare first")
     rows = [r for r in read_manifest(manifest) if r.split == split]

@@ -24,6 +24,7 @@ import numpy as np
 from covidct.data.units import DataError, SliceStore, slice_settings
 from covidct.features.transform import FixedTransform, cache_key, window_of
 from data_prep.atomic import atomic_save_npy, atomic_write_json
+from data_prep.prepared import PrepFolder
 
 __all__ = [
     "CacheStats",
@@ -46,7 +47,7 @@ class CacheStats:
 
 
 def cache_folder(prep: Path, spec: FixedTransform) -> Path:
-    return prep / "features" / f"{spec.name}-{cache_key(spec, slice_settings(prep))}"
+    return PrepFolder(prep).features_dir / f"{spec.name}-{cache_key(spec, slice_settings(prep))}"
 
 
 def check_slices(spec: FixedTransform, prep: Path, model: str) -> str | None:

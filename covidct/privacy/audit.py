@@ -49,6 +49,7 @@ from scipy import stats
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from covidct.evaluate import Predictions
+from covidct.runs import number_out
 
 __all__ = [
     "AUDIT_FORMAT",
@@ -346,7 +347,7 @@ def audit_predictions(
         "epsilon_estimate": lower,
         "estimate_kind": ESTIMATE_KIND,
         "confidence": confidence,
-        "theoretical_epsilon": "inf" if math.isinf(theoretical_epsilon) else theoretical_epsilon,
+        "theoretical_epsilon": number_out(theoretical_epsilon),
         "delta": delta,
         "reading": reading(theoretical_epsilon, lower, best["auc"], confidence),
         "caveat": CAVEAT,

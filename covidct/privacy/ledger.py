@@ -41,8 +41,10 @@ from typing import Any
 
 from covidct.privacy import accounting
 from covidct.privacy.accounting import Accountant
+from covidct.runs import number_out, read_number
 from data_prep.atomic import atomic_write_json
 from data_prep.errors import CovidCTError
+from data_prep.prepared import PrepFolder
 
 __all__ = [
     "BudgetExceededError",
@@ -57,7 +59,6 @@ __all__ = [
     "total_spent",
 ]
 
-LEDGER_NAME = "privacy_ledger.json"  # where covidct kept a folder's ledger before cohorts
 FORMAT = "covidct-ledger-2"
 HOME_ENV = "COVIDCT_HOME"
 
@@ -166,7 +167,7 @@ def _site_key(home: Path) -> bytes:
 
 def _source_patients(prep: Path) -> list[str] | None:
     """The source patient keys prepare kept in ``private/`` (None: not a covidct PREP)."""
-    path = prep / "private" / "pseudonym_map.csv"
+    path = PrepFolder(prep).pseudonym_map
     if not path.is_file():
         return None
     try:
@@ -216,7 +217,10 @@ def _locked() -> Iterator[None]:
 
 
 def _f(x: Any) -> float:
-    return math.inf if x == "inf" else float(x)
+    value = read_number(x)
+    if value is None:
+        raise ValueError(f"epsilon {x!r} is not a number")
+    return value
 
 
 def _parse(path: Path) -> dict[str, Any]:
@@ -242,7 +246,7 @@ def read_ledger(prep: Path) -> Ledger:
     own = _parse(path) if path.is_file() else {"entries": []}
     entries: list[LedgerEntry] = list(own["entries"])
     # a folder's ledger from before cohorts: its runs count here
-    legacy = prep / LEDGER_NAME
+    legacy = PrepFolder(prep).legacy_ledger
     if legacy.is_file():
         known = {(e.run_id, e.started) for e in entries}
         entries += [e for e in _parse(legacy)["entries"] if (e.run_id, e.started) not in known]
@@ -276,10 +280,7 @@ def _write(prep: Path, ledger: Ledger) -> None:
             # keyed hashes of the source patients: to find cohorts that share patients
             "members": sorted(cohort.members),
             "budget": {"epsilon": ledger.budget_epsilon, "delta": ledger.budget_delta},
-            "entries": [
-                {**asdict(e), "epsilon": "inf" if math.isinf(e.epsilon) else e.epsilon}
-                for e in ledger.entries
-            ],
+            "entries": [{**asdict(e), "epsilon": number_out(e.epsilon)} for e in ledger.entries],
         },
     )
 

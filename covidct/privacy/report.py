@@ -22,7 +22,7 @@ from typing import Any
 
 from covidct.privacy.accounting import Accountant, Sampling
 from covidct.privacy.statements import sampling_assumption
-from covidct.runs import Run
+from covidct.runs import Run, number_out, read_number
 from data_prep.atomic import atomic_write_json, atomic_write_text
 from data_prep.deid import UnitBasis
 from data_prep.errors import CovidCTError
@@ -315,17 +315,14 @@ def _float_out(x: float | None) -> float | str | None:
         return None
     if math.isnan(x):
         raise ReportFormatError("a privacy report cannot hold NaN; the run's accounting is broken")
-    if math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    return float(x)
+    return number_out(float(x))
 
 
 def _float_in(x: Any, key: str) -> float:
-    if x in ("inf", "-inf"):
-        return math.inf if x == "inf" else -math.inf
-    if isinstance(x, bool) or not isinstance(x, int | float):
+    value = None if isinstance(x, bool) or not isinstance(x, int | float | str) else read_number(x)
+    if value is None or math.isnan(value):
         raise ReportFormatError(f"{key}: expected a number or 'inf', found {x!r}")
-    return float(x)
+    return value
 
 
 _FLOAT_KEYS = (
