@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,7 +163,7 @@ def load_state(run: Path) -> SavedState | None:
             opt = [z[f"o{i}"] for i in range(no)]
             best = [z[f"b{i}"] for i in range(nb)]
             ema = [z[f"e{i}"] for i in range(rest[0] if rest else 0)]
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise ResumeError(f"checkpoint {path} is unreadable ({exc}): the run cannot resume") from (
             exc
         )

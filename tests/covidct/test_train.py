@@ -10,15 +10,13 @@ from pathlib import Path
 import dp_accounting
 import numpy as np
 import pytest
-from scipy import stats
 
 from covidct.cli import main
-from covidct.data.units import DataError, PoissonSampler
+from covidct.data.units import DataError
 from covidct.evaluate import PatientScore
 from covidct.privacy.accounting import PrivacyRequestError
 from covidct.privacy.modes import UnitLoss
 from covidct.privacy.plan import plan_privacy
-from covidct.privacy.secret import RunSecret
 from covidct.train import train
 from covidct.train_config import OptimizerName, TrainConfig
 
@@ -153,17 +151,6 @@ def test_cli_rejects_bad_epsilon_with_a_message(prep, tmp_path, capsys):
     )
     assert code == 2
     assert "delta" in capsys.readouterr().err
-
-
-def test_poisson_batch_sizes_have_binomial_mean_and_variance():
-    n, q = 500, 0.05
-    sampler = PoissonSampler(n, sampling_rate=q, secret=RunSecret.draw())
-    sizes = np.array([len(sampler.sample(t)) for t in range(4000)])
-    assert sizes.mean() == pytest.approx(n * q, rel=0.02)
-    assert sizes.var() == pytest.approx(n * q * (1 - q), rel=0.1)
-    # each unit independently: unit i's inclusions over the steps are Binomial(4000, q)
-    hits = np.bincount(np.concatenate([sampler.sample(t) for t in range(4000)]), minlength=n)
-    assert stats.chisquare(hits).pvalue > 1e-4
 
 
 def test_slice_unit_run_reports_what_it_does_not_cover(prep, tmp_path):

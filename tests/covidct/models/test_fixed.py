@@ -14,12 +14,8 @@ import pytest
 
 from covidct.config import ConfigError
 from covidct.data.units import PrivacyUnit, load_units
-from covidct.ema import Ema
-from covidct.evaluate import PatientScore, aggregate
 from covidct.features.cache import FeatureStore, feature_stats
 from covidct.models import DEFAULT_MODEL, feature_spec
-from covidct.privacy.mechanism import unit_losses
-from covidct.privacy.modes import UnitLoss
 from covidct.train import train
 from covidct.train_config import TrainConfig
 
@@ -128,47 +124,6 @@ def test_settings_a_feature_model_cannot_honour_fail_before_anything_is_counted(
     with pytest.raises(ConfigError, match=word):
         train(prep, config=replace(FAST, **change), target_epsilon=3.0, runs_dir=tmp_path)
     assert len(read_ledger(prep).entries) == before
-
-
-def test_mean_logit_unit_loss_is_the_cross_entropy_of_the_mean_slice_logit():
-    from covidct.tfsetup import tf
-
-    logits = tf.constant([[1.0, 3.0, 100.0], [-2.0, 0.0, 0.0]])
-    mask = tf.constant([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
-    y = tf.constant([1.0, 0.0])
-    got = unit_losses(logits, mask, y, UnitLoss.MEAN_LOGIT).numpy()
-    want = [math.log1p(math.exp(-2.0)), math.log1p(math.exp(-2.0))]  # mean logits 2 and -2
-    np.testing.assert_allclose(got, want, rtol=1e-6)
-
-
-def test_mean_logit_patient_score_is_the_sigmoid_of_the_mean_slice_logit():
-    probs = 1 / (1 + np.exp(-np.array([1.0, 3.0, -1.0])))
-    assert aggregate(probs, PatientScore.MEAN_LOGIT) == pytest.approx(1 / (1 + math.exp(-1.0)))
-
-
-def test_ema_averages_the_weights_and_swaps_back_the_live_ones():
-    class Model:
-        def __init__(self) -> None:
-            self.w = [np.array([0.0])]
-
-        def get_weights(self):
-            return [a.copy() for a in self.w]
-
-        def set_weights(self, ws):
-            self.w = [np.array(a) for a in ws]
-
-    m = Model()
-    ema = Ema(0.5, m.get_weights())
-    for value in (2.0, 4.0):
-        m.w = [np.array([value])]
-        ema.update(m)
-    assert ema.state()[0][0] == pytest.approx(0.5 * (0.5 * 0 + 0.5 * 2) + 0.5 * 4)  # 2.5
-    live = ema.swap_in(m)
-    assert m.w[0][0] == pytest.approx(2.5)
-    ema.swap_out(m, live)
-    assert m.w[0][0] == 4.0
-    off = Ema(0.0, m.get_weights())
-    assert off.swap_in(m) is None and m.w[0][0] == 4.0
 
 
 def test_grad_cam_of_a_feature_model_looks_at_the_transforms_maps(scatter_run, prep):

@@ -1,7 +1,9 @@
 """The DP step's pure pieces (``covidct.privacy.mechanism``): the clip, the noisy mean, the
-settings' own checks. ``test_step.py`` tests them assembled in ``DPGradient``."""
+settings' own checks, the unit losses. ``test_step.py`` tests them assembled in ``DPGradient``."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
@@ -12,7 +14,9 @@ from covidct.privacy.mechanism import (
     DPSettings,
     clip_by_groups,
     noisy_mean,
+    unit_losses,
 )
+from covidct.privacy.modes import UnitLoss
 from covidct.tfsetup import tf
 
 
@@ -69,3 +73,12 @@ def test_settings_that_have_no_privacy_meaning_are_refused():
         DPSettings(clip_norm=0.0, noise_multiplier=1.0, expected_batch_size=1.0)
     with pytest.raises(ValueError, match="expected_batch_size"):
         DPSettings(clip_norm=1.0, noise_multiplier=1.0, expected_batch_size=0.0)
+
+
+def test_mean_logit_unit_loss_is_the_cross_entropy_of_the_mean_slice_logit():
+    logits = tf.constant([[1.0, 3.0, 100.0], [-2.0, 0.0, 0.0]])
+    mask = tf.constant([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    y = tf.constant([1.0, 0.0])
+    got = unit_losses(logits, mask, y, UnitLoss.MEAN_LOGIT).numpy()
+    want = [math.log1p(math.exp(-2.0)), math.log1p(math.exp(-2.0))]  # mean logits 2 and -2
+    np.testing.assert_allclose(got, want, rtol=1e-6)
