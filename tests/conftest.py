@@ -58,3 +58,26 @@ def prep(tmp_path_factory: pytest.TempPathFactory) -> Path:
         labels=[root / "cohort" / "labels.csv"],
     )
     return root / "prep"
+
+
+@pytest.fixture(scope="session")
+def runs(prep: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Finished runs on ``prep``: one at epsilon 3 (``eps3``) and a two-point sweep
+    (``sweep1``: epsilon 2 and the non-private baseline), trained briefly."""
+    from covidct.sweep import run_sweep
+    from covidct.train import train
+    from covidct.train_config import TrainConfig
+
+    tiny = TrainConfig(epochs=1, batch_size=8, max_slices_per_unit=2, chunk_units=8, seed=1)
+    root = tmp_path_factory.mktemp("runs")
+    train(prep, config=tiny, target_epsilon=3.0, runs_dir=root, run_id="eps3")
+    run_sweep(
+        prep,
+        root / "sweep1",
+        epsilons=[2.0, float("inf")],
+        batch_sizes=[8],
+        seeds=1,
+        config=tiny,
+        resolved_config={"train": {}},
+    )
+    return root
