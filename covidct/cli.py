@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from covidct.config import Config, load_config
 from covidct.runs import Run, SweepFolder
 from data_prep.errors import CovidCTError
+from data_prep.prepared import PrepFolder
 
 if TYPE_CHECKING:  # the CLI imports TensorFlow-side modules only when a command needs them
     from covidct.train import RunResult
@@ -268,8 +269,9 @@ def _cmd_prepare(args: argparse.Namespace, cfg: Config) -> int:
         f"{len(result.skipped)} inputs skipped, {len(result.flagged)} flagged; "
         f"{result.processed} scans processed, {result.reused} reused from an earlier run"
     )
-    print(f"manifest: {result.out_dir / 'manifest.csv'}")
-    print(f"report:   {result.out_dir / 'prep_report.json'}")
+    folder = PrepFolder(result.out_dir)
+    print(f"manifest: {folder.manifest_file}")
+    print(f"report:   {folder.report_file}")
     if not result.usable:
         print(
             "error: nothing usable was prepared: no input gave a labelled chest CT "

@@ -123,7 +123,7 @@ def load_bundle(run_dir: Path) -> ModelBundle:
     if raw is None:
         raise ModelLoadError(
             f"{run_dir}: how its training slices were made is unknown (no slice_settings in "
-            "run.json and the prepared data is gone): retrain with this version"
+            f"{Run.META} and the prepared data is gone): retrain with this version"
         )
     try:
         settings = SliceSettings.from_recorded(raw)

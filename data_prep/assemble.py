@@ -327,7 +327,8 @@ def _write_reports(
         "skipped": [{"input": p.ref, "what": p.what, "reason": p.reason} for p in skipped],
         "flagged": [{"input": p.ref, "what": p.what, "reason": p.reason} for p in flagged],
         "label_problems": label_problems,
-        "note": "inputs are named by reference; private/inputs.csv maps references to paths",
+        "note": "inputs are named by reference; "
+        f"{PrepFolder.PRIVATE}/{PrepFolder.INPUTS} maps references to paths",
     }
     atomic_write_json(folder.report_file, report)
     atomic_write_json(

@@ -21,6 +21,7 @@ from covidct.public_start import PublicStart
 from covidct.runs import Run, write_json
 from covidct.train_config import TrainConfig
 from covidct.training.job import Job, RunResult
+from data_prep.prepared import PrepFolder
 
 
 def finish(
@@ -155,7 +156,7 @@ def released(job: Job) -> list[str]:
     return [
         f"the number of training units (N = {n}) and what follows from it (q, sigma, the steps)",
         f"the patients per split (train {len(set(job.train_units.patients))}, validation "
-        f"{len(job.val)}, test {len(job.test)}) and per label, in prep_report.json and the "
+        f"{len(job.val)}, test {len(job.test)}) and per label, in {PrepFolder.REPORT} and the "
         "model card",
         "the training patients' count by identity basis (above)",
         "the membership audit's figures (audit.json): the model's outputs on training "
