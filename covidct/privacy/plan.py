@@ -1,10 +1,11 @@
 """A run's privacy numbers, with one owner: the request, its calibration, and every epsilon.
 
 ``PrivacyRequest`` is what the user asked for (target epsilon, delta rule, unit, sampling,
-accountant, clip norm); ``PrivacyRequest.calibrate(n_units)`` turns it into a ``PrivacyPlan``:
+accountant, clipping); ``PrivacyRequest.calibrate(n_units)`` turns it into a ``PrivacyPlan``:
 sampling rate, steps and the noise multiplier sigma, chosen so that the planned steps spend at
-most the target. The plan is the only code that computes a run's epsilon (``PrivacyPlan.epsilon``,
-from its dp_accounting event); the ledger entry, the console and the report take it from there.
+most the target. The plan builds the mechanism's settings (``dp_settings``), the ledger entry and
+the report's privacy numbers; its ``epsilon`` is the only way a run's epsilon is computed (through
+``accounting.compose_runs``, over the same event as ``event``).
 
     request = PrivacyRequest.from_train(config, target_epsilon=3.0)
     plan = request.calibrate(n_units=420)
@@ -23,9 +24,11 @@ import dp_accounting
 
 from covidct.privacy import accounting, ledger
 from covidct.privacy.accounting import Accountant, Sampling
+from covidct.privacy.modes import ClippingMode, PerLayerSplit
 
 if TYPE_CHECKING:  # annotations only: privacy/ does not import the data or training layers
     from covidct.data.units import PrivacyUnit
+    from covidct.privacy.mechanism import DPSettings
     from covidct.train_config import TrainConfig
 
 __all__ = ["PrivacyPlan", "PrivacyRequest", "plan_privacy"]
@@ -42,6 +45,9 @@ class PrivacyRequest:
         sampling: Poisson (what the accountant assumes) or shuffled.
         accountant: RDP or PLD.
         clip_norm: C, each unit's gradient norm bound.
+        clipping: one norm over the whole gradient (flat) or one per layer group.
+        proportional_split: per-layer clipping gives each group a share of C^2 proportional to
+            its parameter count (else equal shares).
         batch_size: expected units per step; 0 = every unit every step (q = 1).
         epochs: passes over the data (steps = epochs / q).
     """
@@ -54,6 +60,8 @@ class PrivacyRequest:
     clip_norm: float
     batch_size: int
     epochs: int
+    clipping: ClippingMode = ClippingMode.FLAT
+    proportional_split: bool = False
 
     @classmethod
     def from_train(cls, config: TrainConfig, *, target_epsilon: float) -> PrivacyRequest:
@@ -66,6 +74,8 @@ class PrivacyRequest:
             clip_norm=config.clip_norm,
             batch_size=config.batch_size,
             epochs=config.epochs,
+            clipping=config.clipping,
+            proportional_split=config.per_layer_split is PerLayerSplit.PROPORTIONAL,
         )
 
     @property
@@ -145,6 +155,18 @@ class PrivacyPlan:
     @property
     def clip_norm(self) -> float | None:
         return self.request.clip_norm if self.dp else None
+
+    def dp_settings(self) -> DPSettings:
+        """What the mechanism needs of this plan (no clipping and no noise without DP)."""
+        from covidct.privacy.mechanism import DPSettings
+
+        return DPSettings(
+            clip_norm=self.clip_norm,
+            noise_multiplier=self.noise_multiplier,
+            expected_batch_size=self.expected_batch_size,
+            clipping=self.request.clipping,
+            proportional_split=self.request.proportional_split,
+        )
 
     def event(self, steps: int | None = None) -> dp_accounting.DpEvent:
         """The mechanism as dp_accounting sees it: ``steps`` (default: the planned ones)
@@ -234,8 +256,9 @@ class PrivacyPlan:
         )
         if r > 1:
             text += (
-                ": each update is mostly noise. Fewer trainable parameters (the default "
-                "scattering model), more patients or a larger epsilon help."
+                ": each update is mostly noise. Fewer trainable parameters (a head on fixed "
+                "features, such as the default attenuation model), more patients or a larger "
+                "epsilon help."
             )
         return text
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from covidct import checkpoint
 from covidct.data.units import DataError, SliceStore, image_size
-from covidct.privacy.modes import ExecutionMode, PerLayerSplit
+from covidct.privacy.modes import ExecutionMode
 from covidct.public_start import PublicStart, load_start
 from covidct.train_config import OptimizerName, TrainConfig
 from covidct.training.checks import pipeline_stage_groups
@@ -49,7 +49,7 @@ def build_step(
     job: Job, device: Any, model: Any, secret: Any, execution: ExecutionMode
 ) -> tuple[Any, Any]:
     """The optimizer and the DP step that executes the plan (``mechanism.DPStep``)."""
-    from covidct.privacy.mechanism import DPSettings, DPStep
+    from covidct.privacy.mechanism import DPStep
     from covidct.privacy.step import DPGradient
     from covidct.tfsetup import keras
 
@@ -58,13 +58,7 @@ def build_step(
         optimizer = make_optimizer(config, keras)
         optimizer.build(model.trainable_variables)  # its slots exist, so a checkpoint holds them
         groups = pipeline_stage_groups(config, job.prep, model)
-        settings = DPSettings(
-            clip_norm=plan.clip_norm,
-            noise_multiplier=plan.noise_multiplier,
-            expected_batch_size=plan.expected_batch_size,
-            clipping=config.clipping,
-            proportional_split=config.per_layer_split is PerLayerSplit.PROPORTIONAL,
-        )
+        settings = plan.dp_settings()
         dp: DPStep
         if groups is not None and device.kind == "ipu" and len(groups) > 1 and plan.dp:
             from covidct.ipu.pipeline import PipelinedDPGradient

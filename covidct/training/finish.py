@@ -182,7 +182,8 @@ def privacy_report(
     from covidct.privacy.secret import GENERATOR
 
     passes = steps_taken * plan.sampling_rate  # expected passes over the data: steps * q
-    slice_units = config.privacy_unit is PrivacyUnit.SLICE
+    request = plan.request
+    slice_units = request.unit is PrivacyUnit.SLICE
     most_per_patient = max_units_per_patient(train_units) if slice_units else None
     epsilon = plan.epsilon(steps_taken)
     report = build_report(
@@ -196,13 +197,13 @@ def privacy_report(
             expected_batch_size=plan.expected_batch_size,
             steps=steps_taken,
             epochs=passes,
-            clip_norm=config.clip_norm if plan.dp else 0.0,
-            privacy_unit=config.privacy_unit.value,
+            clip_norm=plan.clip_norm or 0.0,
+            privacy_unit=request.unit.value,
             # for slice units the report's group-privacy note needs the most slices of one patient
             max_slices_per_unit=most_per_patient or config.max_slices_per_unit,
             n_units=plan.n_units,
-            accountant=config.accountant,
-            sampling=config.sampling,
+            accountant=request.accountant,
+            sampling=request.sampling,
             epsilon_per_epoch=eps_per_epoch,
             steps_repeated=steps_repeated,
             steps_taken=steps_taken_early,
@@ -216,7 +217,7 @@ def privacy_report(
                     epochs=passes,
                     noise_multiplier=plan.noise_multiplier,
                     delta=plan.delta,
-                    sampling=config.sampling,
+                    sampling=request.sampling,
                     max_examples_per_user=most_per_patient,
                 )
                 if plan.dp

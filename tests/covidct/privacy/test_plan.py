@@ -80,3 +80,18 @@ def test_noise_to_signal_is_sigma_sqrt_d_over_qn_and_warns_when_noise_dominates(
     assert "= 1.00 " in small and "mostly noise" not in small  # 20 * 20 / 400
     big = plan.noise_to_signal(23_000)
     assert f"= {20 * math.sqrt(23_000) / 400:.2f}" in big and "mostly noise" in big
+
+
+def test_the_mechanisms_settings_are_the_plans_numbers():
+    from covidct.privacy.modes import ClippingMode, PerLayerSplit
+
+    config = replace(
+        CONFIG, clipping=ClippingMode.PER_LAYER, per_layer_split=PerLayerSplit.PROPORTIONAL
+    )
+    plan = plan_privacy(n_units=400, config=config, target_epsilon=3.0)
+    s = plan.dp_settings()
+    assert s.noise_multiplier == plan.noise_multiplier and s.clip_norm == config.clip_norm
+    assert s.expected_batch_size == pytest.approx(plan.sampling_rate * 400)
+    assert s.clipping is ClippingMode.PER_LAYER and s.proportional_split
+    baseline = plan_privacy(n_units=400, config=config, target_epsilon=math.inf).dp_settings()
+    assert baseline.clip_norm is None and baseline.noise_multiplier == 0.0
