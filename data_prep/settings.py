@@ -33,8 +33,8 @@ class SliceSettings:
     min_lung_fraction: float = 0.02
     # "lungs": crop each scan to a square (in mm) around its lungs plus a margin before
     # resizing, so the lungs fill more of the image (on the phantoms about 1.3x wider); "none":
-    # the whole field of view. It did not speed learning on the demo cohort (learnability.py,
-    # with masking: validation AUC 0.75 against 0.84 after 150 steps, one seed each).
+    # the whole field of view, the default: cropping did not speed learning on the demo cohort
+    # (benchmarks/learnability.py).
     # Prepared folders from before this setting existed were made with "none".
     crop: Crop = Crop.NONE
     # True: everything outside the lung field (body wall, bone, heart, mediastinum, table)

@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from covidct.data.units import DataError, PrivacyUnit, SliceStore, load_units
+from covidct.data.units import DataError, SliceStore
 from covidct.features.cache import FeatureStore, cache_folder, ensure_features
 from covidct.features.scattering import ScatteringSpec
 from covidct.features.transform import compute_features
 from covidct.models import DEFAULT_WINDOW
+from tests.covidct.features.conftest import all_files
 
 SPEC = ScatteringSpec(j=2, angles=8, grid=2)
 
@@ -23,27 +24,11 @@ def scattering_features(u8: np.ndarray, *, spec: ScatteringSpec) -> np.ndarray:
     return compute_features(u8, spec, DEFAULT_WINDOW)
 
 
-@pytest.fixture()
-def own_prep(prep: Path, tmp_path: Path) -> Path:
-    """A copy of the session's PREP without any feature cache."""
-    data = tmp_path / "prep"
-    shutil.copytree(prep, data, ignore=shutil.ignore_patterns("features"))
-    return data
-
-
-def _all_files(prep: Path) -> list[str]:
-    files = set()
-    for split in ("train", "validation", "test"):
-        for refs in load_units(prep, split, PrivacyUnit.PATIENT).slices:
-            files.update(f for f, _ in refs)
-    return sorted(files)
-
-
 @pytest.fixture(scope="module")
 def _cached(prep: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = tmp_path_factory.mktemp("cached") / "prep"
     shutil.copytree(prep, data, ignore=shutil.ignore_patterns("features"))
-    ensure_features(data, SPEC, _all_files(data))
+    ensure_features(data, SPEC, all_files(data))
     return data
 
 
@@ -56,7 +41,7 @@ def cached_prep(_cached: Path, tmp_path: Path) -> Path:
 
 
 def test_the_cache_is_computed_once_and_holds_each_slices_features(own_prep: Path) -> None:
-    files = _all_files(own_prep)
+    files = all_files(own_prep)
     first = ensure_features(own_prep, SPEC, files)
     assert first.computed_volumes == len(files) and first.reused_volumes == 0
     second = ensure_features(own_prep, SPEC, files)
@@ -70,7 +55,7 @@ def test_the_cache_is_computed_once_and_holds_each_slices_features(own_prep: Pat
 
 
 def test_an_interrupted_cache_recomputes_only_what_is_missing(cached_prep: Path) -> None:
-    files = _all_files(cached_prep)
+    files = all_files(cached_prep)
     folder = cache_folder(cached_prep, SPEC)
     (folder / Path(files[1]).name).unlink()
     (folder / "leftover.123.tmp").write_bytes(b"half a shard")
@@ -80,7 +65,7 @@ def test_an_interrupted_cache_recomputes_only_what_is_missing(cached_prep: Path)
 
 
 def test_a_shard_that_no_longer_matches_its_scan_is_computed_again(cached_prep: Path) -> None:
-    files = _all_files(cached_prep)
+    files = all_files(cached_prep)
     shard = cache_folder(cached_prep, SPEC) / Path(files[0]).name
     np.save(shard, np.zeros((1, SPEC.size), np.float32))  # a scan with other slices before
     assert ensure_features(cached_prep, SPEC, files).computed_volumes == 1
@@ -91,7 +76,7 @@ def test_a_shard_that_no_longer_matches_its_scan_is_computed_again(cached_prep: 
 def test_the_cache_holds_no_identifier(cached_prep: Path, prep: Path) -> None:
     folder = cache_folder(cached_prep, SPEC)
     names = {p.name for p in folder.iterdir()}
-    slice_names = {Path(f).name for f in _all_files(cached_prep)}
+    slice_names = {Path(f).name for f in all_files(cached_prep)}
     assert names == slice_names | {"spec.json"}  # the volume pseudonyms prepare already uses
     spec = json.loads((folder / "spec.json").read_text())
     assert set(spec) == {
@@ -111,7 +96,7 @@ def test_the_cache_holds_no_identifier(cached_prep: Path, prep: Path) -> None:
 
 
 def test_a_corrupt_shard_is_a_clear_error_naming_the_fix(cached_prep: Path) -> None:
-    files = _all_files(cached_prep)
+    files = all_files(cached_prep)
     (cache_folder(cached_prep, SPEC) / Path(files[0]).name).write_bytes(b"not numpy")
     with pytest.raises(DataError, match=r"delete .* and train again"):
         FeatureStore(cached_prep, SPEC).get(files[0], 0)

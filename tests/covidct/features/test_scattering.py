@@ -3,17 +3,17 @@ cache, and the saved model (transform + head) against the head on cached feature
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from covidct.data.units import PrivacyUnit, SliceStore, load_units
+from covidct.data.units import SliceStore
 from covidct.features.cache import FeatureStore, ensure_features, feature_stats
 from covidct.features.scattering import ScatteringMaps, ScatteringSpec
 from covidct.features.transform import compute_features
 from covidct.models import DEFAULT_WINDOW, SCATTERING, assemble, build_head
+from tests.covidct.features.conftest import all_files
 
 SPEC = ScatteringSpec(j=2, angles=8, grid=2)
 
@@ -66,22 +66,6 @@ def test_sizes_the_transform_cannot_take_are_refused_with_the_size_to_prepare() 
     SPEC.check(64)
 
 
-@pytest.fixture()
-def own_prep(prep: Path, tmp_path: Path) -> Path:
-    """A copy of the session's PREP without any feature cache."""
-    data = tmp_path / "prep"
-    shutil.copytree(prep, data, ignore=shutil.ignore_patterns("features"))
-    return data
-
-
-def _all_files(prep: Path) -> list[str]:
-    files = set()
-    for split in ("train", "validation", "test"):
-        for refs in load_units(prep, split, PrivacyUnit.PATIENT).slices:
-            files.update(f for f, _ in refs)
-    return sorted(files)
-
-
 def test_the_saved_model_on_slices_equals_the_head_on_cached_features(
     own_prep: Path, tmp_path: Path
 ) -> None:
@@ -89,7 +73,7 @@ def test_the_saved_model_on_slices_equals_the_head_on_cached_features(
     and the head on slices)."""
     from covidct.tfsetup import keras
 
-    files = _all_files(own_prep)
+    files = all_files(own_prep)
     ensure_features(own_prep, SPEC, [files[0], files[2]])
     store, slices = FeatureStore(own_prep, SPEC), SliceStore(own_prep)
     refs = [(files[0], 0), (files[0], 1), (files[2], 0)]
