@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from covidct.privacy.report import PrivacyReport, read_report, report_to_markdown
-from covidct.runs import Run
+from covidct.runs import Run, SweepFolder
 from data_prep.errors import CovidCTError
 from data_prep.prepared import PrepFolder
 
@@ -95,8 +95,8 @@ def load_run(run_dir: Path) -> RunSummary:
     run = Run(run_dir)
     if not run.is_finished:
         raise ReportInputError(
-            f"{run_dir} is not a finished run (no run.json). Fix: give a folder written by "
-            "covidct train, or a sweep folder (with sweep.json)."
+            f"{run_dir} is not a finished run (no {Run.META}). Fix: give a folder written by "
+            f"covidct train, or a sweep folder (with {SweepFolder.SPEC})."
         )
     meta = run.meta()
     dataset = None
@@ -207,7 +207,7 @@ def _dataset_lines(ds: dict[str, Any] | None) -> list[str]:
     lines = [
         f"{ds['patients']} patients, {ds['volumes']} volumes, {ds['slices']} slices of "
         f"{ds['image_size']}x{ds['image_size']} pixels after preparation "
-        f"({ds['skipped_inputs']} inputs skipped, each with its reason in prep_report.json).",
+        f"({ds['skipped_inputs']} inputs skipped, each with its reason in {PrepFolder.REPORT}).",
         "",
         "| split | patients | negative | positive |",
         "|---|---|---|---|",

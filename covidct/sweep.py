@@ -330,8 +330,8 @@ def sweep_report(rows: list[dict[str, Any]], spec: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "Plots: `utility_vs_epsilon.png`, `utility_vs_batch_size.png`, `epsilon_vs_epoch.png`; "
-        "every number above is in `curves.csv`.",
+        "Plots: " + ", ".join(f"`{name}`" for name in SweepFolder.FIGURES) + "; "
+        f"every number above is in `{SweepFolder.CURVES}`.",
         "",
     ]
     return "\n".join(lines)

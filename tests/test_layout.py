@@ -5,6 +5,7 @@ owner, epsilon is computed in one function, and tests follow the source."""
 from __future__ import annotations
 
 import ast
+import re
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -157,7 +158,7 @@ def test_each_folders_file_names_are_written_in_its_one_owner():
         rel = path.relative_to(ROOT).as_posix()
         for lineno, text in _literals(path):
             for owner, names in owners.items():
-                hits = [n for n in names if n in text.replace("/", " ").split()]
+                hits = [n for n in names if re.search(rf"(?<![\w.-]){re.escape(n)}(?![\w-])", text)]
                 if hits and rel != owner:
                     found.append(f"{rel}:{lineno} {hits}")
     assert found == []

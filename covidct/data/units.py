@@ -90,7 +90,7 @@ def image_size(prep: Path) -> int:
         return int(PrepFolder(prep).dataset()["slices"]["image_size"])
     except (OSError, ValueError, KeyError) as exc:
         raise DataError(
-            f"{prep} is not a prepared dataset (dataset.json unreadable: {exc}); "
+            f"{prep} is not a prepared dataset ({PrepFolder.DATASET} unreadable: {exc}); "
             "run covidct prepare first"
         ) from exc
 
@@ -101,7 +101,7 @@ def slice_settings(prep: Path) -> dict[str, object]:
         return dict(PrepFolder(prep).dataset()["slices"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DataError(
-            f"{prep} is not a prepared dataset (dataset.json unreadable: {exc}); "
+            f"{prep} is not a prepared dataset ({PrepFolder.DATASET} unreadable: {exc}); "
             "run covidct prepare first"
         ) from exc
 

@@ -159,7 +159,7 @@ def released(job: Job) -> list[str]:
         f"{len(job.val)}, test {len(job.test)}) and per label, in {PrepFolder.REPORT} and the "
         "model card",
         "the training patients' count by identity basis (above)",
-        "the membership audit's figures (audit.json): the model's outputs on training "
+        f"the membership audit's figures ({Run.AUDIT}): the model's outputs on training "
         "patients, summarised without noise",
     ]
 
