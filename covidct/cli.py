@@ -542,10 +542,10 @@ def _cmd_report(args: argparse.Namespace, cfg: Config) -> int:
 
 def _cmd_budget(args: argparse.Namespace, cfg: Config) -> int:
     from covidct.data.units import PrivacyUnit, load_units
-    from covidct.privacy import accounting, ledger
+    from covidct.privacy import ledger, limits
 
     n = len(load_units(args.data, "train", PrivacyUnit.PATIENT))  # also checks it is a PREP
-    default_delta = accounting.default_delta(n)
+    default_delta = limits.default_delta(n)
     if args.budget is not None:
         delta = args.delta if args.delta is not None else default_delta
         if not 0 < delta < 1 / max(n, 1):

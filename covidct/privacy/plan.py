@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import dp_accounting
 
-from covidct.privacy import accounting, ledger
+from covidct.privacy import accounting, ledger, limits
 from covidct.privacy.accounting import Accountant, Sampling
 from covidct.privacy.modes import ClippingMode, PerLayerSplit
 
@@ -40,7 +40,7 @@ class PrivacyRequest:
 
     Attributes:
         target_epsilon: the budget per privacy unit; ``math.inf`` = no DP (the baseline).
-        delta: 0 = the default rule (a round number below 1/(10 N), ``accounting.default_delta``).
+        delta: 0 = the default rule (a round number below 1/(10 N), ``limits.default_delta``).
         unit: patient or slice.
         sampling: Poisson (what the accountant assumes) or shuffled.
         accountant: RDP or PLD.
@@ -93,8 +93,8 @@ class PrivacyRequest:
         q = min(1.0, batch / max(n_units, 1))
         steps_per_epoch = max(1, round(1.0 / q))
         steps = self.epochs * steps_per_epoch
-        delta = self.delta or accounting.default_delta(n_units)
-        accounting.validate_request(
+        delta = self.delta or limits.default_delta(n_units)
+        limits.validate_request(
             target_epsilon=self.target_epsilon if self.dp else None,
             delta=delta,
             n_units=n_units,
@@ -110,7 +110,7 @@ class PrivacyRequest:
                 delta=delta,
                 accountant=self.accountant,
             )
-            accounting.check_noise_is_usable(
+            limits.check_noise_is_usable(
                 sigma,
                 target_epsilon=self.target_epsilon,
                 sampling_rate=q,
