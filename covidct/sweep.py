@@ -249,8 +249,10 @@ def _csv_value(v: Any) -> str:
     if v is None:
         return ""
     if isinstance(v, float):
-        out = number_out(v)
-        return out if isinstance(out, str) else "" if out is None else f"{out:.6g}"
+        v = number_out(v)  # "inf" / None (NaN) / a finite float
+        if v is None:
+            return ""
+        return v if isinstance(v, str) else f"{v:.6g}"
     return str(v)
 
 

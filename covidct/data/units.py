@@ -87,10 +87,10 @@ class Units:
 def image_size(prep: Path) -> int:
     """Slice size recorded by ``covidct prepare``."""
     try:
-        return int(PrepFolder(prep).dataset()["slices"]["image_size"])
-    except (OSError, ValueError, KeyError) as exc:
+        return int(slice_settings(prep)["image_size"])  # type: ignore[call-overload]
+    except (KeyError, TypeError, ValueError) as exc:
         raise DataError(
-            f"{prep} is not a prepared dataset ({PrepFolder.DATASET} unreadable: {exc}); "
+            f"{prep} is not a prepared dataset ({PrepFolder.DATASET} has no slice size: {exc}); "
             "run covidct prepare first"
         ) from exc
 
